@@ -1,0 +1,59 @@
+/**
+ * One registry of error codes for the whole project (the fastify `lib/errors.js` pattern).
+ *
+ * A {@link CascadeError} is a *user* error: bad input, a missing file, a broken dataset. The CLI
+ * prints its one-line message and exits non-zero without a stack trace. Anything else that
+ * escapes is a bug and is printed with its stack.
+ */
+
+/** Stable error codes. Never renumber or reuse a code: users grep logs for them. */
+export const ErrorCodes = {
+  /** A path that must exist does not. */
+  DATA_ERR_NOT_FOUND: 'DATA_ERR_NOT_FOUND',
+  /** A dataset file is malformed: wrong magic, truncated, inconsistent counts. */
+  DATA_ERR_FORMAT: 'DATA_ERR_FORMAT',
+  /** An ImageFolder dataset has no classes or an empty class folder. */
+  DATA_ERR_EMPTY: 'DATA_ERR_EMPTY',
+  /** An image file could not be decoded. */
+  DATA_ERR_DECODE: 'DATA_ERR_DECODE',
+  /** Command-line arguments are invalid. */
+  CLI_ERR_ARGS: 'CLI_ERR_ARGS',
+  /** A model card, registry or model file is missing or invalid. */
+  MODEL_ERR_INVALID: 'MODEL_ERR_INVALID',
+  /** An ONNX graph uses an operator or form the pipeline does not support. */
+  MODEL_ERR_UNSUPPORTED: 'MODEL_ERR_UNSUPPORTED',
+  /** A training checkpoint is missing, corrupt or belongs to another run configuration. */
+  TRAIN_ERR_CHECKPOINT: 'TRAIN_ERR_CHECKPOINT',
+  /** Training was interrupted by the user (a checkpoint was saved). */
+  TRAIN_ERR_INTERRUPTED: 'TRAIN_ERR_INTERRUPTED',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+/** Base class of every user-facing error. `message` is one line that names the thing and the fault. */
+export class CascadeError extends Error {
+  readonly code: ErrorCode;
+  /** HTTP status where the error reaches a client over HTTP. */
+  readonly statusCode: number | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; statusCode?: number }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'CascadeError';
+    this.code = code;
+    this.statusCode = options?.statusCode;
+  }
+}
+
+/** True for errors that are the user's to fix (printed as one line, no stack). */
+export function isUserError(err: unknown): err is CascadeError {
+  return err instanceof CascadeError;
+}
+
+/**
+ * Describes a value for an argument error, sharp-style: "expected X, received Y".
+ * @example invalidArgument('--epochs', 'a positive integer', 'abc')
+ */
+export function invalidArgument(name: string, expected: string, received: unknown): CascadeError {
+  const shown = typeof received === 'string' ? JSON.stringify(received) : String(received);
+  return new CascadeError(ErrorCodes.CLI_ERR_ARGS, `${name}: expected ${expected}, received ${shown}`);
+}

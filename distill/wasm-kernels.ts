@@ -1,0 +1,297 @@
+/**
+ * Fast gradient kernels for TensorFlow.js's wasm backend.
+ *
+ * The wasm backend ships no Conv2DBackpropFilter and no depthwise backprops, and its
+ * Conv2DBackpropInput is a slow direct loop. Each gradient here is rewritten as a *forward*
+ * convolution, which runs on XNNPACK's fast kernels (measured on a 2-core x86 box, one 3x3 layer,
+ * batch 64, 28x28, 32→32: input gradient 390 ms → 36 ms, filter gradient 502 ms (im2col) → 69 ms).
+ *
+ * They are registered at kernel level, not as op gradients, so both the plain Conv2D path and the
+ * FusedConv2D path (taken when a conv has no bias, e.g. before BatchNorm) use them. Cases outside
+ * the fast formulations (strided input gradients, channel multipliers > 1, NCHW) run the cpu
+ * backend's reference kernel on copies of the data: slow, but correct.
+ */
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import {
+  backend_util,
+  Conv2DBackpropFilter,
+  Conv2DBackpropInput,
+  DepthwiseConv2dNativeBackpropFilter,
+  DepthwiseConv2dNativeBackpropInput,
+  findBackend,
+  getKernel,
+  type KernelBackend,
+  type KernelFunc,
+  type NamedAttrMap,
+  type NamedTensorInfoMap,
+  registerKernel,
+  type TensorInfo,
+  unregisterKernel,
+} from '@tensorflow/tfjs';
+
+type Pads = { top: number; bottom: number; left: number; right: number };
+type Attrs = NamedAttrMap;
+
+/** Runs a wasm kernel by name on TensorInfos; the caller disposes what it no longer needs. */
+function run(backend: BackendWasm, name: string, inputs: NamedTensorInfoMap, attrs: Attrs = {}): TensorInfo {
+  const k = getKernel(name, 'wasm');
+  if (k === undefined) throw new Error(`wasm kernel ${name} is not registered`);
+  return k.kernelFunc({ inputs, attrs, backend }) as TensorInfo;
+}
+
+function free(backend: BackendWasm, ...infos: TensorInfo[]): void {
+  for (const t of infos) backend.disposeData(t.dataId);
+}
+
+function pad4(backend: BackendWasm, x: TensorInfo, p: Pads): TensorInfo | null {
+  if (p.top === 0 && p.bottom === 0 && p.left === 0 && p.right === 0) return null;
+  return run(
+    backend,
+    'PadV2',
+    { x },
+    {
+      paddings: [
+        [0, 0],
+        [p.top, p.bottom],
+        [p.left, p.right],
+        [0, 0],
+      ],
+      constantValue: 0,
+    },
+  );
+}
+
+function pairOf(v: number | [number, number]): [number, number] {
+  return typeof v === 'number' ? [v, v] : v;
+}
+
+/**
+ * Runs the cpu backend's kernel on copies of the inputs and writes the result into wasm memory.
+ * Used only for shapes the fast formulations do not cover.
+ */
+function viaCpu(name: string, backend: BackendWasm, inputs: NamedTensorInfoMap, attrs: Attrs): TensorInfo {
+  const cpu = findBackend('cpu') as KernelBackend | null;
+  const kernel = getKernel(name, 'cpu');
+  if (cpu === null || kernel === undefined) {
+    throw new Error(`${name}: no fast wasm formulation for these arguments and the cpu backend is not loaded`);
+  }
+  const cpuInputs: NamedTensorInfoMap = {};
+  for (const [key, t] of Object.entries(inputs)) {
+    const values = backend.readSync(t.dataId) as Float32Array;
+    cpuInputs[key] = { dataId: cpu.write(values.slice(), t.shape, t.dtype), shape: t.shape, dtype: t.dtype };
+  }
+  const out = kernel.kernelFunc({ inputs: cpuInputs, attrs, backend: cpu }) as TensorInfo;
+  const values = cpu.readSync(out.dataId) as Float32Array;
+  for (const t of [...Object.values(cpuInputs), out]) cpu.disposeData(t.dataId);
+  const result = backend.makeOutput(out.shape, 'float32');
+  backend.typedArrayFromHeap(result).set(values);
+  return result;
+}
+
+/** dW = correlation of padded x with dy, summed over the batch: a forward conv with channels as batch. */
+const conv2DBackpropFilter: KernelFunc = ({ inputs, attrs, backend }) => {
+  const b = backend as BackendWasm;
+  const { x, dy } = inputs as { x: TensorInfo; dy: TensorInfo };
+  const { strides, pad, dataFormat, dimRoundingMode, filterShape } = attrs as unknown as {
+    strides: number | [number, number];
+    pad: backend_util.PadInfo['type'] | 'same' | 'valid' | number | backend_util.ExplicitPadding;
+    dataFormat: 'NHWC' | 'NCHW';
+    dimRoundingMode?: 'floor' | 'round' | 'ceil';
+    filterShape: [number, number, number, number];
+  };
+  if (dataFormat === 'NCHW') return viaCpu(Conv2DBackpropFilter, b, inputs, attrs);
+  const info = backend_util.computeConv2DInfo(
+    x.shape as [number, number, number, number],
+    filterShape,
+    strides,
+    1,
+    pad as 'same',
+    dimRoundingMode,
+  );
+  const [kh, kw] = [info.filterHeight, info.filterWidth];
+  const padded = pad4(b, x, info.padInfo);
+  const xp = padded ?? x;
+  const xt = run(b, 'Transpose', { x: xp }, { perm: [3, 1, 2, 0] }); // [Ci, Hp, Wp, N]
+  const dyt = run(b, 'Transpose', { x: dy }, { perm: [1, 2, 0, 3] }); // [Ho, Wo, N, Co]
+  // A stride s in the forward pass becomes a dilation s of dy, used here as the filter.
+  const r = run(
+    b,
+    'Conv2D',
+    { x: xt, filter: dyt },
+    { strides: [1, 1], pad: 'valid', dataFormat: 'NHWC', dilations: [info.strideHeight, info.strideWidth] },
+  ); // [Ci, >=kh, >=kw, Co]
+  let cut = r;
+  if (r.shape[1] !== kh || r.shape[2] !== kw) {
+    cut = run(b, 'Slice', { x: r }, { begin: [0, 0, 0, 0], size: [r.shape[0], kh, kw, r.shape[3]] });
+  }
+  const out = run(b, 'Transpose', { x: cut }, { perm: [1, 2, 0, 3] });
+  free(b, xt, dyt, r);
+  if (cut !== r) free(b, cut);
+  if (padded !== null) free(b, padded);
+  return out;
+};
+
+/** dX = forward conv of dy with the spatially flipped, in/out-swapped filter (stride 1 only). */
+const conv2DBackpropInput: KernelFunc = ({ inputs, attrs, backend }) => {
+  const b = backend as BackendWasm;
+  const { dy, filter } = inputs as { dy: TensorInfo; filter: TensorInfo };
+  const { strides, pad, dataFormat, dimRoundingMode, inputShape } = attrs as unknown as {
+    strides: number | [number, number];
+    pad: 'same' | 'valid' | number | backend_util.ExplicitPadding;
+    dataFormat: 'NHWC' | 'NCHW';
+    dimRoundingMode?: 'floor' | 'round' | 'ceil';
+    inputShape: [number, number, number, number];
+  };
+  const [sh, sw] = pairOf(strides);
+  if (dataFormat === 'NCHW' || sh !== 1 || sw !== 1) return viaCpu(Conv2DBackpropInput, b, inputs, attrs);
+  const info = backend_util.computeConv2DInfo(
+    inputShape,
+    filter.shape as [number, number, number, number],
+    strides,
+    1,
+    pad as 'same',
+    dimRoundingMode,
+  );
+  const [kh, kw] = [info.filterHeight, info.filterWidth];
+  const p = info.padInfo;
+  const tp = kh - 1 - p.top;
+  const bp = kh - 1 - p.bottom;
+  const lp = kw - 1 - p.left;
+  const rp = kw - 1 - p.right;
+  if (tp < 0 || bp < 0 || lp < 0 || rp < 0) return viaCpu(Conv2DBackpropInput, b, inputs, attrs);
+  const flipped = run(b, 'Reverse', { x: filter }, { dims: [0, 1] });
+  const wt = run(b, 'Transpose', { x: flipped }, { perm: [0, 1, 3, 2] }); // [kh, kw, Co, Ci]
+  const out = run(
+    b,
+    'Conv2D',
+    { x: dy, filter: wt },
+    {
+      strides: [1, 1],
+      pad: [
+        [0, 0],
+        [tp, bp],
+        [lp, rp],
+        [0, 0],
+      ],
+      dataFormat: 'NHWC',
+      dilations: [1, 1],
+    },
+  );
+  free(b, flipped, wt);
+  return out;
+};
+
+/** Per-channel dW via one depthwise conv: (batch, channel) pairs become channels of a batch-1 image. */
+const depthwiseBackpropFilter: KernelFunc = ({ inputs, attrs, backend }) => {
+  const b = backend as BackendWasm;
+  const { x, dy } = inputs as { x: TensorInfo; dy: TensorInfo };
+  const { strides, dilations, pad, dimRoundingMode, filterShape } = attrs as unknown as {
+    strides: number | [number, number];
+    dilations: number | [number, number];
+    pad: 'same' | 'valid' | number | backend_util.ExplicitPadding;
+    dimRoundingMode?: 'floor' | 'round' | 'ceil';
+    filterShape: [number, number, number, number];
+  };
+  const [dh, dw] = pairOf(dilations);
+  if (filterShape[3] !== 1 || dh !== 1 || dw !== 1) return viaCpu(DepthwiseConv2dNativeBackpropFilter, b, inputs, attrs);
+  const info = backend_util.computeConv2DInfo(
+    x.shape as [number, number, number, number],
+    filterShape,
+    strides,
+    1,
+    pad as 'same',
+    dimRoundingMode,
+    true,
+  );
+  const [n, , , c] = x.shape;
+  const [kh, kw] = [info.filterHeight, info.filterWidth];
+  const padded = pad4(b, x, info.padInfo);
+  const xp = padded ?? x;
+  const xt = run(b, 'Transpose', { x: xp }, { perm: [1, 2, 0, 3] }); // [Hp, Wp, N, C]
+  const xr = run(b, 'Reshape', { x: xt }, { shape: [1, xp.shape[1], xp.shape[2], n * c] });
+  const dyt = run(b, 'Transpose', { x: dy }, { perm: [1, 2, 0, 3] }); // [Ho, Wo, N, C]
+  const dyr = run(b, 'Reshape', { x: dyt }, { shape: [dy.shape[1], dy.shape[2], n * c, 1] });
+  const r = run(
+    b,
+    'DepthwiseConv2dNative',
+    { x: xr, filter: dyr },
+    { strides: [1, 1], pad: 'valid', dilations: [info.strideHeight, info.strideWidth] },
+  ); // [1, >=kh, >=kw, N*C]
+  let cut = r;
+  if (r.shape[1] !== kh || r.shape[2] !== kw) {
+    cut = run(b, 'Slice', { x: r }, { begin: [0, 0, 0, 0], size: [1, kh, kw, n * c] });
+  }
+  const r4 = run(b, 'Reshape', { x: cut }, { shape: [kh, kw, n, c] });
+  const summed = run(b, 'Sum', { x: r4 }, { axis: [2], keepDims: false });
+  const out = run(b, 'Reshape', { x: summed }, { shape: [kh, kw, c, 1] });
+  free(b, xt, xr, dyt, dyr, r, r4, summed);
+  if (cut !== r) free(b, cut);
+  if (padded !== null) free(b, padded);
+  return out;
+};
+
+/** Depthwise dX = depthwise conv of dy with the flipped filter (stride 1, multiplier 1). */
+const depthwiseBackpropInput: KernelFunc = ({ inputs, attrs, backend }) => {
+  const b = backend as BackendWasm;
+  const { dy, filter } = inputs as { dy: TensorInfo; filter: TensorInfo };
+  const { strides, dilations, pad, dimRoundingMode, inputShape } = attrs as unknown as {
+    strides: number | [number, number];
+    dilations: number | [number, number];
+    pad: 'same' | 'valid' | number | backend_util.ExplicitPadding;
+    dimRoundingMode?: 'floor' | 'round' | 'ceil';
+    inputShape: [number, number, number, number];
+  };
+  const [sh, sw] = pairOf(strides);
+  const [dh, dw] = pairOf(dilations);
+  if (filter.shape[3] !== 1 || sh !== 1 || sw !== 1 || dh !== 1 || dw !== 1) {
+    return viaCpu(DepthwiseConv2dNativeBackpropInput, b, inputs, attrs);
+  }
+  const info = backend_util.computeConv2DInfo(
+    inputShape,
+    filter.shape as [number, number, number, number],
+    strides,
+    1,
+    pad as 'same',
+    dimRoundingMode,
+    true,
+  );
+  const [kh, kw] = [info.filterHeight, info.filterWidth];
+  const p = info.padInfo;
+  const tp = kh - 1 - p.top;
+  const bp = kh - 1 - p.bottom;
+  const lp = kw - 1 - p.left;
+  const rp = kw - 1 - p.right;
+  if (tp < 0 || bp < 0 || lp < 0 || rp < 0) return viaCpu(DepthwiseConv2dNativeBackpropInput, b, inputs, attrs);
+  const flipped = run(b, 'Reverse', { x: filter }, { dims: [0, 1] });
+  // Explicit padding through a PadV2, since the wasm depthwise kernel takes only same/valid.
+  const dyp = pad4(b, dy, { top: tp, bottom: bp, left: lp, right: rp });
+  const out = run(
+    b,
+    'DepthwiseConv2dNative',
+    { x: dyp ?? dy, filter: flipped },
+    { strides: [1, 1], pad: 'valid', dilations: [1, 1] },
+  );
+  free(b, flipped);
+  if (dyp !== null) free(b, dyp);
+  return out;
+};
+
+let installed = false;
+
+/**
+ * Registers the fast gradient kernels for the wasm backend. Safe to call more than once.
+ * Call before training; the cpu backend should be imported too, for the rare fallback cases.
+ */
+export function installWasmGradKernels(): void {
+  if (installed) return;
+  installed = true;
+  for (const [kernelName, kernelFunc] of [
+    [Conv2DBackpropFilter, conv2DBackpropFilter],
+    [Conv2DBackpropInput, conv2DBackpropInput],
+    [DepthwiseConv2dNativeBackpropFilter, depthwiseBackpropFilter],
+    [DepthwiseConv2dNativeBackpropInput, depthwiseBackpropInput],
+  ] as const) {
+    if (getKernel(kernelName, 'wasm') !== undefined) unregisterKernel(kernelName, 'wasm');
+    registerKernel({ kernelName, backendName: 'wasm', kernelFunc });
+  }
+}

@@ -1,0 +1,87 @@
+import assert from 'node:assert/strict';
+import { before, describe, it } from 'node:test';
+import { initTf, tf } from '../distill/tf.ts';
+
+type Case = {
+  name: string;
+  x: [number, number, number, number];
+  k: number;
+  cout: number;
+  stride: number;
+  pad: 'same' | 'valid';
+  depthwise?: boolean;
+  fused?: boolean;
+};
+
+function seeded(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = s / 2 ** 32 - 0.5;
+  }
+  return a;
+}
+
+/** Gradients of sum(conv(x, w) * g) with respect to x and w, on the current backend. */
+function grads(c: Case): { dx: Float32Array; dw: Float32Array } {
+  const cin = c.x[3];
+  const wShape: [number, number, number, number] = c.depthwise ? [c.k, c.k, cin, 1] : [c.k, c.k, cin, c.cout];
+  const x = tf.tensor4d(seeded(c.x.reduce((a, b) => a * b), 1), c.x);
+  const w = tf.tensor4d(seeded(wShape.reduce((a, b) => a * b), 2), wShape);
+  const f = (xx: tf.Tensor4D, ww: tf.Tensor4D): tf.Tensor4D => {
+    if (c.depthwise) return tf.depthwiseConv2d(xx, ww, c.stride, c.pad);
+    if (c.fused) return tf.fused.conv2d({ x: xx, filter: ww, strides: c.stride, pad: c.pad });
+    return tf.conv2d(xx, ww, c.stride, c.pad);
+  };
+  const y = f(x, w);
+  const g = tf.tensor(seeded(y.size, 3), y.shape);
+  const [dx, dw] = tf.grads((xx: tf.Tensor, ww: tf.Tensor) => tf.sum(tf.mul(f(xx as tf.Tensor4D, ww as tf.Tensor4D), g)))([
+    x,
+    w,
+  ]);
+  const out = { dx: dx.dataSync() as Float32Array, dw: dw.dataSync() as Float32Array };
+  tf.dispose([x, w, y, g, dx, dw]);
+  return out;
+}
+
+function maxRelErr(a: Float32Array, b: Float32Array): number {
+  assert.equal(a.length, b.length);
+  let scale = 1e-6;
+  for (const v of b) scale = Math.max(scale, Math.abs(v));
+  let err = 0;
+  for (let i = 0; i < a.length; i++) err = Math.max(err, Math.abs(a[i] - b[i]));
+  return err / scale;
+}
+
+const cases: Case[] = [
+  { name: 'conv 3x3 same', x: [4, 9, 9, 3], k: 3, cout: 5, stride: 1, pad: 'same' },
+  { name: 'fused conv 3x3 same (BN path)', x: [3, 8, 8, 4], k: 3, cout: 6, stride: 1, pad: 'same', fused: true },
+  { name: 'conv 5x5 valid', x: [2, 11, 10, 2], k: 5, cout: 3, stride: 1, pad: 'valid' },
+  { name: 'conv 3x3 stride 2 same', x: [2, 9, 8, 3], k: 3, cout: 4, stride: 2, pad: 'same' },
+  { name: 'conv 1x1', x: [3, 5, 5, 8], k: 1, cout: 4, stride: 1, pad: 'same' },
+  { name: 'depthwise 3x3 same', x: [3, 7, 7, 4], k: 3, cout: 4, stride: 1, pad: 'same', depthwise: true },
+  { name: 'depthwise 3x3 stride 2', x: [2, 9, 9, 3], k: 3, cout: 3, stride: 2, pad: 'same', depthwise: true },
+];
+
+describe('wasm gradient kernels agree with the cpu backend', () => {
+  const want = new Map<string, { dx: Float32Array; dw: Float32Array }>();
+  before(async () => {
+    await initTf('cpu');
+    for (const c of cases) want.set(c.name, grads(c));
+    await initTf('wasm');
+  });
+  for (const c of cases) {
+    it(c.name, () => {
+      const got = grads(c);
+      const ref = want.get(c.name)!;
+      assert.ok(maxRelErr(got.dx, ref.dx) < 1e-5, `dx differs: ${maxRelErr(got.dx, ref.dx)}`);
+      assert.ok(maxRelErr(got.dw, ref.dw) < 1e-5, `dw differs: ${maxRelErr(got.dw, ref.dw)}`);
+    });
+  }
+  it('the registered kernels replace the missing and slow ones', () => {
+    for (const k of ['Conv2DBackpropFilter', 'Conv2DBackpropInput', 'DepthwiseConv2dNativeBackpropFilter']) {
+      assert.ok(tf.getKernel(k, 'wasm'), `${k} registered`);
+    }
+  });
+});

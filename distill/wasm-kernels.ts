@@ -11,7 +11,7 @@
  * the fast formulations (strided input gradients, channel multipliers > 1, NCHW) run the cpu
  * backend's reference kernel on copies of the data: slow, but correct.
  */
-import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+
 import {
   backend_util,
   Conv2DBackpropFilter,
@@ -28,6 +28,7 @@ import {
   type TensorInfo,
   unregisterKernel,
 } from '@tensorflow/tfjs';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 
 type Pads = { top: number; bottom: number; left: number; right: number };
 type Attrs = NamedAttrMap;
@@ -73,23 +74,26 @@ function viaCpu(name: string, backend: BackendWasm, inputs: NamedTensorInfoMap, 
   const cpu = findBackend('cpu') as KernelBackend | null;
   const kernel = getKernel(name, 'cpu');
   if (cpu === null || kernel === undefined) {
-    throw new Error(`${name}: no fast wasm formulation for these arguments and the cpu backend is not loaded`);
+    throw new Error(
+      `${name}: no fast wasm formulation for these arguments and the cpu backend is not loaded`,
+    );
   }
   const cpuInputs: NamedTensorInfoMap = {};
   for (const [key, t] of Object.entries(inputs)) {
+    if (t === undefined) continue;
     const values = backend.readSync(t.dataId) as Float32Array;
     cpuInputs[key] = { dataId: cpu.write(values.slice(), t.shape, t.dtype), shape: t.shape, dtype: t.dtype };
   }
   const out = kernel.kernelFunc({ inputs: cpuInputs, attrs, backend: cpu }) as TensorInfo;
   const values = cpu.readSync(out.dataId) as Float32Array;
-  for (const t of [...Object.values(cpuInputs), out]) cpu.disposeData(t.dataId);
+  for (const t of [...Object.values(cpuInputs), out]) if (t !== undefined) cpu.disposeData(t.dataId);
   const result = backend.makeOutput(out.shape, 'float32');
   backend.typedArrayFromHeap(result).set(values);
   return result;
 }
 
 /** dW = correlation of padded x with dy, summed over the batch: a forward conv with channels as batch. */
-const conv2DBackpropFilter: KernelFunc = ({ inputs, attrs, backend }) => {
+const conv2DBackpropFilter: KernelFunc = ({ inputs, attrs = {}, backend }) => {
   const b = backend as BackendWasm;
   const { x, dy } = inputs as { x: TensorInfo; dy: TensorInfo };
   const { strides, pad, dataFormat, dimRoundingMode, filterShape } = attrs as unknown as {
@@ -132,7 +136,7 @@ const conv2DBackpropFilter: KernelFunc = ({ inputs, attrs, backend }) => {
 };
 
 /** dX = forward conv of dy with the spatially flipped, in/out-swapped filter (stride 1 only). */
-const conv2DBackpropInput: KernelFunc = ({ inputs, attrs, backend }) => {
+const conv2DBackpropInput: KernelFunc = ({ inputs, attrs = {}, backend }) => {
   const b = backend as BackendWasm;
   const { dy, filter } = inputs as { dy: TensorInfo; filter: TensorInfo };
   const { strides, pad, dataFormat, dimRoundingMode, inputShape } = attrs as unknown as {
@@ -182,7 +186,7 @@ const conv2DBackpropInput: KernelFunc = ({ inputs, attrs, backend }) => {
 };
 
 /** Per-channel dW via one depthwise conv: (batch, channel) pairs become channels of a batch-1 image. */
-const depthwiseBackpropFilter: KernelFunc = ({ inputs, attrs, backend }) => {
+const depthwiseBackpropFilter: KernelFunc = ({ inputs, attrs = {}, backend }) => {
   const b = backend as BackendWasm;
   const { x, dy } = inputs as { x: TensorInfo; dy: TensorInfo };
   const { strides, dilations, pad, dimRoundingMode, filterShape } = attrs as unknown as {
@@ -193,7 +197,8 @@ const depthwiseBackpropFilter: KernelFunc = ({ inputs, attrs, backend }) => {
     filterShape: [number, number, number, number];
   };
   const [dh, dw] = pairOf(dilations);
-  if (filterShape[3] !== 1 || dh !== 1 || dw !== 1) return viaCpu(DepthwiseConv2dNativeBackpropFilter, b, inputs, attrs);
+  if (filterShape[3] !== 1 || dh !== 1 || dw !== 1)
+    return viaCpu(DepthwiseConv2dNativeBackpropFilter, b, inputs, attrs);
   const info = backend_util.computeConv2DInfo(
     x.shape as [number, number, number, number],
     filterShape,
@@ -231,7 +236,7 @@ const depthwiseBackpropFilter: KernelFunc = ({ inputs, attrs, backend }) => {
 };
 
 /** Depthwise dX = depthwise conv of dy with the flipped filter (stride 1, multiplier 1). */
-const depthwiseBackpropInput: KernelFunc = ({ inputs, attrs, backend }) => {
+const depthwiseBackpropInput: KernelFunc = ({ inputs, attrs = {}, backend }) => {
   const b = backend as BackendWasm;
   const { dy, filter } = inputs as { dy: TensorInfo; filter: TensorInfo };
   const { strides, dilations, pad, dimRoundingMode, inputShape } = attrs as unknown as {
@@ -261,7 +266,8 @@ const depthwiseBackpropInput: KernelFunc = ({ inputs, attrs, backend }) => {
   const bp = kh - 1 - p.bottom;
   const lp = kw - 1 - p.left;
   const rp = kw - 1 - p.right;
-  if (tp < 0 || bp < 0 || lp < 0 || rp < 0) return viaCpu(DepthwiseConv2dNativeBackpropInput, b, inputs, attrs);
+  if (tp < 0 || bp < 0 || lp < 0 || rp < 0)
+    return viaCpu(DepthwiseConv2dNativeBackpropInput, b, inputs, attrs);
   const flipped = run(b, 'Reverse', { x: filter }, { dims: [0, 1] });
   // Explicit padding through a PadV2, since the wasm depthwise kernel takes only same/valid.
   const dyp = pad4(b, dy, { top: tp, bottom: bp, left: lp, right: rp });

@@ -85,7 +85,11 @@ export const DEVICE: ArchSpec = {
   ],
 };
 
-export const ARCHS: Readonly<Record<string, ArchSpec>> = { teacher: TEACHER, gateway: GATEWAY, device: DEVICE };
+export const ARCHS: Readonly<Record<string, ArchSpec>> = {
+  teacher: TEACHER,
+  gateway: GATEWAY,
+  device: DEVICE,
+};
 
 /** Shape of one named parameter tensor. */
 export interface ParamShape {

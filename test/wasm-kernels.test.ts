@@ -27,8 +27,20 @@ function seeded(n: number, seed: number): Float32Array {
 function grads(c: Case): { dx: Float32Array; dw: Float32Array } {
   const cin = c.x[3];
   const wShape: [number, number, number, number] = c.depthwise ? [c.k, c.k, cin, 1] : [c.k, c.k, cin, c.cout];
-  const x = tf.tensor4d(seeded(c.x.reduce((a, b) => a * b), 1), c.x);
-  const w = tf.tensor4d(seeded(wShape.reduce((a, b) => a * b), 2), wShape);
+  const x = tf.tensor4d(
+    seeded(
+      c.x.reduce((a, b) => a * b),
+      1,
+    ),
+    c.x,
+  );
+  const w = tf.tensor4d(
+    seeded(
+      wShape.reduce((a, b) => a * b),
+      2,
+    ),
+    wShape,
+  );
   const f = (xx: tf.Tensor4D, ww: tf.Tensor4D): tf.Tensor4D => {
     if (c.depthwise) return tf.depthwiseConv2d(xx, ww, c.stride, c.pad);
     if (c.fused) return tf.fused.conv2d({ x: xx, filter: ww, strides: c.stride, pad: c.pad });
@@ -36,10 +48,9 @@ function grads(c: Case): { dx: Float32Array; dw: Float32Array } {
   };
   const y = f(x, w);
   const g = tf.tensor(seeded(y.size, 3), y.shape);
-  const [dx, dw] = tf.grads((xx: tf.Tensor, ww: tf.Tensor) => tf.sum(tf.mul(f(xx as tf.Tensor4D, ww as tf.Tensor4D), g)))([
-    x,
-    w,
-  ]);
+  const [dx, dw] = tf.grads((xx: tf.Tensor, ww: tf.Tensor) =>
+    tf.sum(tf.mul(f(xx as tf.Tensor4D, ww as tf.Tensor4D), g)),
+  )([x, w]);
   const out = { dx: dx.dataSync() as Float32Array, dw: dw.dataSync() as Float32Array };
   tf.dispose([x, w, y, g, dx, dw]);
   return out;
@@ -56,7 +67,15 @@ function maxRelErr(a: Float32Array, b: Float32Array): number {
 
 const cases: Case[] = [
   { name: 'conv 3x3 same', x: [4, 9, 9, 3], k: 3, cout: 5, stride: 1, pad: 'same' },
-  { name: 'fused conv 3x3 same (BN path)', x: [3, 8, 8, 4], k: 3, cout: 6, stride: 1, pad: 'same', fused: true },
+  {
+    name: 'fused conv 3x3 same (BN path)',
+    x: [3, 8, 8, 4],
+    k: 3,
+    cout: 6,
+    stride: 1,
+    pad: 'same',
+    fused: true,
+  },
   { name: 'conv 5x5 valid', x: [2, 11, 10, 2], k: 5, cout: 3, stride: 1, pad: 'valid' },
   { name: 'conv 3x3 stride 2 same', x: [2, 9, 8, 3], k: 3, cout: 4, stride: 2, pad: 'same' },
   { name: 'conv 1x1', x: [3, 5, 5, 8], k: 1, cout: 4, stride: 1, pad: 'same' },

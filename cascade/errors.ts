@@ -26,6 +26,8 @@ export const ErrorCodes = {
   TRAIN_ERR_CHECKPOINT: 'TRAIN_ERR_CHECKPOINT',
   /** Training was interrupted by the user (a checkpoint was saved). */
   TRAIN_ERR_INTERRUPTED: 'TRAIN_ERR_INTERRUPTED',
+  /** A dataset does not fit a model: image size, channels or classes differ from its card. */
+  DATA_ERR_MISMATCH: 'DATA_ERR_MISMATCH',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -1,0 +1,241 @@
+/**
+ * `cascade distill …`: argument parsing only; the work is in pipeline.ts and finalize.ts.
+ */
+import { choiceOpt, numberOpt, parse } from '../cascade/args.ts';
+import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
+import { loadDataset } from '../models/data/load.ts';
+import type { CalibrationMethod } from './onnx/calibrate-ranges.ts';
+import { streamProgress } from './progress.ts';
+import { RunDir } from './run-dir.ts';
+import type { TrainingBackend } from './tf.ts';
+import type { TrainConfig } from './train.ts';
+
+const HELP = `Usage: cascade distill <step> [options]
+
+Steps (run in this order, or all at once with \`all\`):
+  teacher                     train the fp32 teacher
+  student --arch A [--no-kd]  distil a student (A: device | gateway) from the teacher's cached
+                              logits; --no-kd trains the same student without distillation
+  finalize                    export ONNX, quantize students to INT8 (QDQ), fit temperatures,
+                              reliability tables and cascade thresholds, write cards + registry
+  all                         teacher, both students with and without KD, finalize
+  sample                      rebuild the bundled evaluation sample (models/sample)
+
+Data and run options:
+  --data DIR          dataset folder: Fashion-MNIST IDX files or an ImageFolder (root/<class>/*.png)
+                      (default: /usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist)
+  --runs DIR          working folder for checkpoints and weights (default: runs)
+  --out DIR           artifact folder for finalize (default: models)
+  --limit N           use only the first N training images (smoke runs)
+  --backend B         tensorflow | wasm | cpu (default: tensorflow if installed, else wasm)
+
+Training options (defaults per role; see distill/pipeline.ts):
+  --epochs N  --batch N  --lr X  --seed N  --patience N  --max-steps N (per epoch)
+  --alpha X  --beta X  --temperature X     distillation loss weights and temperature
+  --teacher FILE.onnx                       distil from (and ship) any fp32 ONNX classifier
+
+Finalize options:
+  --calibration minmax|percentile|entropy   activation calibration (default entropy)
+  --calibration-samples N                   training images used to calibrate (default 2048)
+  --epsilon X                               allowed cascade accuracy loss vs teacher (default 0.003)
+
+Ctrl-C during training saves a checkpoint; rerun the same command to resume.`;
+
+const OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  arch: { type: 'string' },
+  'no-kd': { type: 'boolean' },
+  data: { type: 'string' },
+  runs: { type: 'string' },
+  out: { type: 'string' },
+  limit: { type: 'string' },
+  backend: { type: 'string' },
+  epochs: { type: 'string' },
+  batch: { type: 'string' },
+  lr: { type: 'string' },
+  seed: { type: 'string' },
+  patience: { type: 'string' },
+  'max-steps': { type: 'string' },
+  alpha: { type: 'string' },
+  beta: { type: 'string' },
+  temperature: { type: 'string' },
+  teacher: { type: 'string' },
+  calibration: { type: 'string' },
+  'calibration-samples': { type: 'string' },
+  epsilon: { type: 'string' },
+  'per-class': { type: 'string' },
+} as const;
+
+/** Runs `cascade distill` with its arguments. */
+export async function main(argv: string[]): Promise<void> {
+  const { values: v, positionals } = parse(argv, OPTIONS, true);
+  const stepName = positionals[0];
+  if (v.help || stepName === undefined) {
+    process.stdout.write(`${HELP}\n`);
+    return;
+  }
+  if (positionals.length > 1)
+    throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, `unexpected argument "${positionals[1]}"`);
+  const { kd, loadSplits, teacherLogits, trainStep } = await import('./pipeline.ts').then((m) => ({
+    kd: m.KD_DEFAULTS,
+    loadSplits: m.loadSplits,
+    teacherLogits: m.teacherLogits,
+    trainStep: m.trainStep,
+  }));
+
+  if (stepName === 'sample') {
+    const { makeSample } = await import('./sample.ts');
+    const r = await makeSample({
+      data: v.data,
+      perClass: numberOpt('--per-class', v['per-class'], { integer: true, min: 1 }),
+      seed: numberOpt('--seed', v.seed, { integer: true, min: 0 }),
+      out: v.out ?? 'models/sample',
+    });
+    process.stdout.write(`wrote ${r.n} images (${r.bytes} bytes): ${r.files.join(', ')}\n`);
+    return;
+  }
+
+  const runs = new RunDir(v.runs ?? 'runs');
+  const backend = choiceOpt<TrainingBackend>('--backend', v.backend, ['tensorflow', 'wasm', 'cpu']);
+  const limit = numberOpt('--limit', v.limit, { integer: true, min: 20 });
+  const overrides: Partial<TrainConfig> = {};
+  const epochs = numberOpt('--epochs', v.epochs, { integer: true, min: 1 });
+  if (epochs !== undefined) overrides.epochs = epochs;
+  const batch = numberOpt('--batch', v.batch, { integer: true, min: 2 });
+  if (batch !== undefined) overrides.batchSize = batch;
+  const lr = numberOpt('--lr', v.lr, { min: 0 });
+  if (lr !== undefined) overrides.lr = lr;
+  const seed = numberOpt('--seed', v.seed, { integer: true, min: 0 });
+  if (seed !== undefined) overrides.seed = seed;
+  const patience = numberOpt('--patience', v.patience, { integer: true, min: 1 });
+  if (patience !== undefined) overrides.patience = patience;
+  const maxSteps = numberOpt('--max-steps', v['max-steps'], { integer: true, min: 1 });
+  if (maxSteps !== undefined) overrides.maxStepsPerEpoch = maxSteps;
+  const kdCfg = {
+    alpha: numberOpt('--alpha', v.alpha, { min: 0 }) ?? kd.alpha,
+    beta: numberOpt('--beta', v.beta, { min: 0 }) ?? kd.beta,
+    temperature: numberOpt('--temperature', v.temperature, { min: 0.1 }) ?? kd.temperature,
+  };
+  const arch = choiceOpt('--arch', v.arch, ['device', 'gateway'] as const);
+
+  let interrupted = false;
+  const onSigint = (): void => {
+    if (interrupted) process.exit(130);
+    interrupted = true;
+    process.stderr.write('\nstopping after this step to save a checkpoint (Ctrl-C again to abort)\n');
+  };
+  process.on('SIGINT', onSigint);
+  const shouldStop = (): boolean => interrupted;
+  try {
+    const splits = await loadSplits({ data: v.data, limit });
+    const student = async (role: 'device' | 'gateway', withKd: boolean): Promise<void> => {
+      const progress = streamProgress(`${role}-${withKd ? 'kd' : 'nokd'}`);
+      const teacher = withKd ? await teacherLogits(runs, splits, progress, v.teacher) : undefined;
+      await trainStep({
+        role,
+        runs,
+        progress,
+        shouldStop,
+        overrides,
+        backend,
+        splits,
+        kd: teacher ? { ...kdCfg, teacherLogits: teacher } : undefined,
+      });
+    };
+    const finalizeStep = async (): Promise<void> => {
+      const { finalize } = await import('./finalize.ts');
+      const test = await loadTestSet(v.data, limit);
+      await finalize({
+        runs,
+        splits,
+        test,
+        out: v.out,
+        progress: streamProgress('finalize'),
+        teacherOnnx: v.teacher,
+        calibration: {
+          method: choiceOpt<CalibrationMethod>('--calibration', v.calibration, [
+            'minmax',
+            'percentile',
+            'entropy',
+          ]),
+          samples: numberOpt('--calibration-samples', v['calibration-samples'], { integer: true, min: 1 }),
+        },
+        epsilon: numberOpt('--epsilon', v.epsilon, { min: 0, max: 1 }),
+      });
+    };
+    switch (stepName) {
+      case 'teacher':
+        if (v.teacher !== undefined) {
+          throw new CascadeError(
+            ErrorCodes.CLI_ERR_ARGS,
+            '--teacher FILE.onnx replaces training the teacher; skip this step',
+          );
+        }
+        await trainStep({
+          role: 'teacher',
+          runs,
+          progress: streamProgress('teacher'),
+          shouldStop,
+          overrides,
+          backend,
+          splits,
+        });
+        return;
+      case 'student':
+        if (arch === undefined)
+          throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, 'student: --arch device|gateway is required');
+        await student(arch, !v['no-kd']);
+        return;
+      case 'finalize':
+        await finalizeStep();
+        return;
+      case 'all':
+        if (v.teacher === undefined) {
+          await trainStep({
+            role: 'teacher',
+            runs,
+            progress: streamProgress('teacher'),
+            shouldStop,
+            overrides,
+            backend,
+            splits,
+          });
+        }
+        for (const role of ['device', 'gateway'] as const) {
+          await student(role, true);
+          await student(role, false);
+        }
+        await finalizeStep();
+        return;
+      default:
+        throw new CascadeError(
+          ErrorCodes.CLI_ERR_ARGS,
+          `unknown step "${stepName}"; run \`cascade distill --help\``,
+        );
+    }
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}
+
+/**
+ * The test split for measurements: the dataset's own test split when it has one, otherwise the
+ * bundled sample (which is drawn from Fashion-MNIST's test split).
+ */
+async function loadTestSet(data: string | undefined, limit: number | undefined) {
+  const { loadBundledSample } = await import('../models/data/load.ts');
+  try {
+    const test = await loadDataset({ data, split: 'test' });
+    if (limit !== undefined) {
+      const { subset } = await import('../models/data/dataset.ts');
+      return subset(
+        test,
+        Array.from({ length: Math.min(limit, test.n) }, (_, i) => i),
+      );
+    }
+    return test;
+  } catch (err) {
+    if (data !== undefined) throw err;
+    return loadBundledSample();
+  }
+}

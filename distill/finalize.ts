@@ -1,0 +1,325 @@
+/**
+ * The last step of `cascade distill`: turn trained weights into shipped artifacts.
+ *
+ * Exports every tier to ONNX, quantizes the students to INT8 QDQ (one calibration, two
+ * flavours for the gateway), fits a temperature per tier on the validation split, builds the
+ * reliability tables and the cascade thresholds from validation predictions of the deployed
+ * forms, measures everything on the test data, and writes the model cards and the registry.
+ * The test split is only ever measured, never used to choose anything.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { ece, fitTemperature, predictions, reliability, softmaxT } from '../cascade/calibration.ts';
+import { chooseThresholds, type TierPredictions } from '../cascade/cascade-sim.ts';
+import { ARCHS, countParams } from '../models/arch.ts';
+import type { ArtifactFile, ModelCard, ReliabilityBin, Tier } from '../models/card.ts';
+import type { ImageDataset } from '../models/data/dataset.ts';
+import { writeRegistry } from '../models/registry.ts';
+import { type CalibrationMethod, calibrateRanges } from './onnx/calibrate-ranges.ts';
+import { exportOnnx } from './onnx/export.ts';
+import { parseOnnx } from './onnx/graph.ts';
+import { type QdqFlavour, quantizeQdq } from './onnx/quantize.ts';
+import { onnxLogits, toNchw, top1 } from './onnx-infer.ts';
+import { FASHION_MNIST_MEAN, FASHION_MNIST_STD, type Splits } from './pipeline.ts';
+import type { Progress } from './progress.ts';
+import type { RunDir, TrainedMeta } from './run-dir.ts';
+
+export interface FinalizeOptions {
+  runs: RunDir;
+  splits: Splits;
+  /** Labelled test images, measured only (full test split when available, else the bundled sample). */
+  test: ImageDataset;
+  /** Output folder of the artifacts; default 'models'. */
+  out?: string;
+  progress: Progress;
+  /** Activation calibration; default entropy over 2048 training images. */
+  calibration?: { method?: CalibrationMethod; samples?: number };
+  /** Allowed cascade accuracy loss versus the teacher when choosing thresholds; default 0.003. */
+  epsilon?: number;
+  /** Use this fp32 ONNX classifier as the teacher instead of the trained one. */
+  teacherOnnx?: string;
+  /** Model version written into the cards; default today's date. */
+  version?: string;
+}
+
+interface TierArtifacts {
+  tier: Tier;
+  name: string;
+  files: Array<{ form: ArtifactFile['form']; bytes: Uint8Array; file: string }>;
+  fp32: Uint8Array;
+  params: number;
+  arch: unknown;
+  meta: TrainedMeta | null;
+  inputQuant?: ModelCard['input']['quant'];
+}
+
+const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+function countOnnxParams(model: Uint8Array, where: string): number {
+  let n = 0;
+  for (const t of parseOnnx(model, where).consts.values()) n += t.data.length;
+  return n;
+}
+
+/** Calibration batches: a deterministic spread of training images, normalised, NCHW. */
+function calibrationBatches(train: ImageDataset, samples: number): Float32Array[] {
+  const take = Math.min(samples, train.n);
+  const stride = train.n / take;
+  const per = train.height * train.width * train.channels;
+  const picked = new Uint8Array(take * per);
+  for (let i = 0; i < take; i++) {
+    const src = Math.floor(i * stride) * per;
+    picked.set(train.images.subarray(src, src + per), i * per);
+  }
+  const x = toNchw({ ...train, n: take, images: picked }, FASHION_MNIST_MEAN, FASHION_MNIST_STD);
+  const batches: Float32Array[] = [];
+  for (let s = 0; s < take; s += 256) batches.push(x.subarray(s * per, Math.min(take, s + 256) * per));
+  return batches;
+}
+
+async function buildStudent(
+  opts: FinalizeOptions,
+  tier: 'device' | 'gateway',
+  flavours: QdqFlavour[],
+): Promise<TierArtifacts> {
+  const name = `${tier}-kd`;
+  const { weights, meta } = await opts.runs.loadWeights(name, `cascade distill student --arch ${tier}`);
+  const arch = ARCHS[tier];
+  const fp32 = exportOnnx(arch, weights);
+  const method = opts.calibration?.method ?? 'entropy';
+  const batches = calibrationBatches(opts.splits.train, opts.calibration?.samples ?? 2048);
+  opts.progress.log(`${tier}: calibrating activations (${method}, ${batches.length} batches)`);
+  const ranges = await calibrateRanges(fp32, batches, { method, intraOpThreads: 1 });
+  const files: TierArtifacts['files'] = [];
+  let inputQuant: ModelCard['input']['quant'];
+  for (const flavour of flavours) {
+    const q = quantizeQdq(fp32, ranges, { flavour });
+    if (flavour === 'qdq-cpu') inputQuant = q.inputQuant;
+    const suffix = flavour === 'qdq-cpu' ? 'int8' : 'int8-trt';
+    files.push({ form: flavour, bytes: q.model, file: `${tier}-${suffix}.onnx` });
+  }
+  return { tier, name, files, fp32, params: countParams(arch), arch, meta, inputQuant };
+}
+
+async function buildTeacher(opts: FinalizeOptions): Promise<TierArtifacts> {
+  if (opts.teacherOnnx !== undefined) {
+    const fp32 = new Uint8Array(await readFile(opts.teacherOnnx));
+    const params = countOnnxParams(fp32, opts.teacherOnnx);
+    return {
+      tier: 'cloud',
+      name: 'teacher',
+      files: [{ form: 'fp32', bytes: fp32, file: 'teacher.onnx' }],
+      fp32,
+      params,
+      arch: { imported: opts.teacherOnnx.split('/').pop() },
+      meta: null,
+    };
+  }
+  const { weights, meta } = await opts.runs.loadWeights('teacher', 'cascade distill teacher');
+  const fp32 = exportOnnx(ARCHS.teacher, weights);
+  return {
+    tier: 'cloud',
+    name: 'teacher',
+    files: [{ form: 'fp32', bytes: fp32, file: 'teacher.onnx' }],
+    fp32,
+    params: countParams(ARCHS.teacher),
+    arch: ARCHS.teacher,
+    meta,
+  };
+}
+
+interface Measured {
+  valLogits: Float32Array;
+  testLogits: Float32Array;
+  fp32Val: number;
+  fp32Test: number;
+}
+
+async function measure(
+  a: TierArtifacts,
+  xVal: Float32Array,
+  xTest: Float32Array,
+  o: FinalizeOptions,
+): Promise<Measured> {
+  const shape: [number, number, number] = [o.splits.val.channels, o.splits.val.height, o.splits.val.width];
+  const deployed = a.files[0].bytes;
+  const valLogits = (await onnxLogits(deployed, xVal, o.splits.val.n, shape)).logits;
+  const testLogits = (await onnxLogits(deployed, xTest, o.test.n, shape)).logits;
+  const k = o.splits.val.classes.length;
+  let fp32Val = top1(valLogits, o.splits.val.labels, k);
+  let fp32Test = top1(testLogits, o.test.labels, k);
+  if (a.files[0].form !== 'fp32') {
+    fp32Val = top1((await onnxLogits(a.fp32, xVal, o.splits.val.n, shape)).logits, o.splits.val.labels, k);
+    fp32Test = top1((await onnxLogits(a.fp32, xTest, o.test.n, shape)).logits, o.test.labels, k);
+  }
+  return { valLogits, testLogits, fp32Val, fp32Test };
+}
+
+function correctOf(p: TierPredictions, labels: Uint8Array): Uint8Array {
+  return Uint8Array.from(labels, (y, i) => (p.pred[i] === y ? 1 : 0));
+}
+
+/** Runs the whole finalize step and returns the cards it wrote. */
+export async function finalize(opts: FinalizeOptions): Promise<Record<Tier, ModelCard>> {
+  const out = opts.out ?? 'models';
+  const { splits, test, progress } = opts;
+  const k = splits.val.classes.length;
+  const teacher = await buildTeacher(opts);
+  const gateway = await buildStudent(opts, 'gateway', ['qdq-cpu', 'qdq-trt']);
+  const device = await buildStudent(opts, 'device', ['qdq-cpu']);
+  const tiers: Record<Tier, TierArtifacts> = { device, gateway, cloud: teacher };
+
+  const xVal = toNchw(splits.val, FASHION_MNIST_MEAN, FASHION_MNIST_STD);
+  const xTest = toNchw(test, FASHION_MNIST_MEAN, FASHION_MNIST_STD);
+  const measured = {} as Record<Tier, Measured>;
+  const temps = {} as Record<Tier, number>;
+  const valPred = {} as Record<Tier, TierPredictions>;
+  const eces = {} as Record<Tier, { before: number; after: number }>;
+  for (const tier of ['device', 'gateway', 'cloud'] as const) {
+    progress.log(`${tier}: measuring on ${splits.val.n} validation and ${test.n} test images`);
+    const m = await measure(tiers[tier], xVal, xTest, opts);
+    measured[tier] = m;
+    const T = fitTemperature(m.valLogits, splits.val.labels, k);
+    temps[tier] = T;
+    const probs = softmaxT(m.valLogits, k, T);
+    valPred[tier] = predictions(probs, k);
+    eces[tier] = {
+      before: ece(softmaxT(m.valLogits, k, 1), splits.val.labels, k),
+      after: ece(probs, splits.val.labels, k),
+    };
+  }
+
+  const choice = chooseThresholds(valPred, splits.val.labels, { epsilon: opts.epsilon ?? 0.003 });
+  progress.log(
+    `thresholds: device ${choice.thresholds.device.toFixed(4)}, gateway ${choice.thresholds.gateway.toFixed(4)} ` +
+      `(validation: cascade ${choice.accuracy.toFixed(4)} vs teacher ${choice.teacherAccuracy.toFixed(4)}, ` +
+      `device ${choice.resolved.device.toFixed(3)} / gateway ${choice.resolved.gateway.toFixed(3)} / cloud ${choice.resolved.cloud.toFixed(3)}` +
+      `${choice.feasible ? '' : ', constraint NOT met'})`,
+  );
+  const correct = {
+    device: correctOf(valPred.device, splits.val.labels),
+    gateway: correctOf(valPred.gateway, splits.val.labels),
+    cloud: correctOf(valPred.cloud, splits.val.labels),
+  };
+  const tables: Record<Tier, ReliabilityBin[]> = {
+    device: reliability(valPred.device.conf, correct.device, 10, {
+      gateway: correct.gateway,
+      cloud: correct.cloud,
+    }),
+    gateway: reliability(valPred.gateway.conf, correct.gateway, 10, { cloud: correct.cloud }),
+    cloud: reliability(valPred.cloud.conf, correct.cloud, 10),
+  };
+  const accept: Record<Tier, number> = {
+    device: choice.thresholds.device,
+    gateway: choice.thresholds.gateway,
+    cloud: 0,
+  };
+
+  const kdComparison = await compareKd(opts, xTest);
+  const version = opts.version ?? new Date().toISOString().slice(0, 10);
+  const cards = {} as Record<Tier, ModelCard>;
+  const registry = [];
+  for (const tier of ['device', 'gateway', 'cloud'] as const) {
+    const a = tiers[tier];
+    const m = measured[tier];
+    const dir = join(out, tier);
+    await mkdir(dir, { recursive: true });
+    const files: ArtifactFile[] = [];
+    for (const f of a.files) {
+      await writeFile(join(dir, f.file), f.bytes);
+      files.push({ file: f.file, bytes: f.bytes.length, sha256: sha256(f.bytes), form: f.form });
+    }
+    const card: ModelCard = {
+      schemaVersion: 1,
+      name: a.name,
+      tier,
+      version,
+      arch: a.arch,
+      params: a.params,
+      files,
+      input: {
+        name: 'input',
+        layout: 'NCHW',
+        height: splits.val.height,
+        width: splits.val.width,
+        colour: splits.val.channels === 1 ? 'gray' : 'rgb',
+        mean: FASHION_MNIST_MEAN,
+        std: FASHION_MNIST_STD,
+        ...(a.inputQuant ? { quant: a.inputQuant } : {}),
+      },
+      output: { name: 'logits', classes: k },
+      labels: splits.val.classes,
+      temperature: temps[tier],
+      metrics: {
+        valAccuracy: top1(m.valLogits, splits.val.labels, k),
+        testAccuracy: top1(m.testLogits, test.labels, k),
+        fp32ValAccuracy: m.fp32Val,
+        fp32TestAccuracy: m.fp32Test,
+        eceBefore: eces[tier].before,
+        eceAfter: eces[tier].after,
+        testSet: `${test.name} (${test.n} images)`,
+      },
+      reliability: tables[tier],
+      thresholds: { accept: accept[tier] },
+      training: {
+        ...(a.meta ? { ...a.meta } : { imported: true }),
+        ...(tier !== 'cloud' && kdComparison[tier] ? { kdComparison: kdComparison[tier] } : {}),
+        calibration: {
+          method: opts.calibration?.method ?? 'entropy',
+          samples: opts.calibration?.samples ?? 2048,
+        },
+        thresholdChoice: {
+          epsilon: opts.epsilon ?? 0.003,
+          feasible: choice.feasible,
+          valCascadeAccuracy: choice.accuracy,
+          valTeacherAccuracy: choice.teacherAccuracy,
+          valResolved: choice.resolved,
+        },
+      },
+      dataHash: splits.hash,
+      createdAt: new Date().toISOString(),
+    };
+    await writeFile(join(dir, 'card.json'), `${JSON.stringify(card, null, 2)}\n`);
+    cards[tier] = card;
+    registry.push({ name: a.name, tier, card: join(dir, 'card.json') });
+    progress.log(
+      `${tier}: ${files.map((f) => `${f.file} ${f.bytes} B`).join(', ')}; test accuracy ${card.metrics.testAccuracy?.toFixed(4)} ` +
+        `(fp32 ${m.fp32Test.toFixed(4)}), T ${temps[tier].toFixed(3)}, ECE ${eces[tier].before.toFixed(4)} → ${eces[tier].after.toFixed(4)}`,
+    );
+  }
+  await writeRegistry(registry, join(out, 'registry.json'));
+  progress.log(`wrote ${relative('.', join(out, 'registry.json'))}`);
+  return cards;
+}
+
+/** Test accuracy (fp32) of each student trained with and without distillation, when both exist. */
+async function compareKd(
+  opts: FinalizeOptions,
+  xTest: Float32Array,
+): Promise<Partial<Record<'device' | 'gateway', Record<string, number>>>> {
+  const result: Partial<Record<'device' | 'gateway', Record<string, number>>> = {};
+  const shape: [number, number, number] = [opts.test.channels, opts.test.height, opts.test.width];
+  const k = opts.test.classes.length;
+  for (const tier of ['device', 'gateway'] as const) {
+    const accs: Record<string, number> = {};
+    for (const variant of ['kd', 'nokd'] as const) {
+      try {
+        const { weights, meta } = await opts.runs.loadWeights(`${tier}-${variant}`, '');
+        const logits = (await onnxLogits(exportOnnx(ARCHS[tier], weights), xTest, opts.test.n, shape)).logits;
+        accs[`${variant}TestAccuracy`] = top1(logits, opts.test.labels, k);
+        accs[`${variant}ValAccuracy`] = meta.bestValAccuracy;
+      } catch {
+        // The baseline is optional; without it there is no comparison to report.
+      }
+    }
+    if (accs.kdTestAccuracy !== undefined && accs.nokdTestAccuracy !== undefined) {
+      accs.gain = accs.kdTestAccuracy - accs.nokdTestAccuracy;
+      result[tier] = accs;
+      opts.progress.log(
+        `${tier}: KD ${accs.kdTestAccuracy.toFixed(4)} vs no KD ${accs.nokdTestAccuracy.toFixed(4)} (fp32 test accuracy, gain ${(accs.gain * 100).toFixed(2)} pp)`,
+      );
+    }
+  }
+  return result;
+}

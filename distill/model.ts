@@ -1,0 +1,254 @@
+/**
+ * A functional TensorFlow.js model built from an {@link ArchSpec}: named variables and a forward
+ * function, no tfjs-layers. Owning the forward pass lets training use a BatchNorm with a hand-
+ * written gradient (a handful of kernels instead of the ~20 that autodiff emits) and keeps the
+ * parameter names identical to the ONNX exporter's.
+ */
+import { type ArchSpec, type LayerSpec, paramShapes } from '../models/arch.ts';
+import type { Rng } from '../models/data/rng.ts';
+import { tf } from './tf.ts';
+
+/** TensorFlow's BatchNormalization default; the ONNX exporter folds with the same value. */
+export const BN_EPSILON = 1e-3;
+/** Moving-average momentum of the BN statistics (Keras default). */
+export const BN_MOMENTUM = 0.99;
+
+export class TfModel {
+  readonly arch: ArchSpec;
+  /** Every tensor by its `paramShapes` name, trainable or not. */
+  readonly vars = new Map<string, tf.Variable>();
+
+  /**
+   * Creates variables with He-normal conv/dense kernels, unit gamma, zero beta/bias.
+   * @param rng seeded generator so runs are repeatable.
+   */
+  constructor(arch: ArchSpec, rng: Rng) {
+    this.arch = arch;
+    for (const p of paramShapes(arch)) {
+      const size = p.shape.reduce((a, b) => a * b, 1);
+      const data = new Float32Array(size);
+      const leaf = p.name.slice(p.name.indexOf('/') + 1);
+      if (leaf === 'kernel') {
+        // He-normal: fan-in is everything but the output axis.
+        const fanIn = size / p.shape[p.shape.length - 1];
+        const layer = arch.layers[Number(p.name.split('/')[0])];
+        const std = Math.sqrt((layer.kind === 'dense' ? 1 : 2) / fanIn);
+        for (let i = 0; i < size; i++) data[i] = gaussian(rng) * std;
+      } else if (leaf === 'gamma' || leaf === 'variance') {
+        data.fill(1);
+      }
+      this.vars.set(p.name, tf.variable(tf.tensor(data, p.shape), p.trainable, p.name));
+    }
+  }
+
+  /** The trainable variables, in a stable order. */
+  trainable(): tf.Variable[] {
+    return [...this.vars.values()].filter((v) => v.trainable);
+  }
+
+  /**
+   * Forward pass on NHWC float input. In training mode BN uses batch statistics and schedules
+   * a moving-average update, applied by {@link commitBnUpdates} after the optimizer step.
+   */
+  forward(x: tf.Tensor4D, training: boolean, rng?: Rng): tf.Tensor2D {
+    let h: tf.Tensor = x;
+    this.arch.layers.forEach((l, i) => {
+      h = this.#layer(l, i, h, training, rng);
+    });
+    return h as tf.Tensor2D;
+  }
+
+  #pendingBn: Array<{ name: string; mean: tf.Tensor; variance: tf.Tensor }> = [];
+
+  #layer(l: LayerSpec, i: number, h: tf.Tensor, training: boolean, rng?: Rng): tf.Tensor {
+    const v = (leaf: string): tf.Variable => this.vars.get(`${i}/${leaf}`)!;
+    switch (l.kind) {
+      case 'conv':
+        return tf.conv2d(h as tf.Tensor4D, v('kernel') as tf.Tensor4D, l.stride ?? 1, 'same');
+      case 'dwconv':
+        return tf.depthwiseConv2d(h as tf.Tensor4D, v('kernel') as tf.Tensor4D, l.stride ?? 1, 'same');
+      case 'bn': {
+        if (!training) {
+          return tf.batchNorm(h, v('mean'), v('variance'), v('beta'), v('gamma'), BN_EPSILON);
+        }
+        const { y, mean, variance } = batchNormTrain(h, v('gamma'), v('beta'));
+        this.#pendingBn.push({ name: `${i}`, mean, variance });
+        return y;
+      }
+      case 'relu':
+        return tf.relu(h);
+      case 'maxpool':
+        return training
+          ? maxPoolTrain(h as tf.Tensor4D, l.size)
+          : tf.maxPool(h as tf.Tensor4D, l.size, l.size, 'valid');
+      case 'gap':
+        return tf.mean(h, [1, 2]);
+      case 'flatten':
+        return tf.reshape(h, [h.shape[0], -1]);
+      case 'dropout': {
+        if (!training || l.rate <= 0) return h;
+        // Inverted dropout with a mask from our own seeded generator, so runs repeat exactly.
+        const size = h.size;
+        const mask = new Float32Array(size);
+        const keep = 1 - l.rate;
+        for (let k = 0; k < size; k++) mask[k] = (rng ? rng() : Math.random()) < keep ? 1 / keep : 0;
+        return tf.mul(h, tf.tensor(mask, h.shape));
+      }
+      case 'dense':
+        return tf.add(tf.matMul(h as tf.Tensor2D, v('kernel') as tf.Tensor2D), v('bias'));
+    }
+  }
+
+  /** Applies the BN moving-average updates collected during the last training forward pass. */
+  commitBnUpdates(): void {
+    for (const { name, mean, variance } of this.#pendingBn) {
+      const m = this.vars.get(`${name}/mean`)!;
+      const s = this.vars.get(`${name}/variance`)!;
+      tf.tidy(() => {
+        m.assign(tf.add(tf.mul(m, BN_MOMENTUM), tf.mul(mean, 1 - BN_MOMENTUM)));
+        s.assign(tf.add(tf.mul(s, BN_MOMENTUM), tf.mul(variance, 1 - BN_MOMENTUM)));
+      });
+      tf.dispose([mean, variance]);
+    }
+    this.#pendingBn = [];
+  }
+
+  /** Drops BN updates of a forward pass that was not followed by an optimizer step. */
+  discardBnUpdates(): void {
+    for (const { mean, variance } of this.#pendingBn) tf.dispose([mean, variance]);
+    this.#pendingBn = [];
+  }
+
+  /** Copies every variable out, keyed by name. */
+  snapshot(): Map<string, Float32Array> {
+    const out = new Map<string, Float32Array>();
+    for (const [name, v] of this.vars) out.set(name, v.dataSync() as Float32Array);
+    return out;
+  }
+
+  /**
+   * Loads values saved by {@link snapshot}.
+   * @throws {RangeError} when a name is missing or a size differs.
+   */
+  load(values: Map<string, Float32Array>): void {
+    for (const [name, v] of this.vars) {
+      const data = values.get(name);
+      if (data === undefined || data.length !== v.size) {
+        throw new RangeError(`weights for ${name}: expected ${v.size} values, got ${data?.length ?? 'none'}`);
+      }
+      v.assign(tf.tensor(data, v.shape));
+    }
+  }
+
+  /** Logits for NHWC float input, in inference mode, batched to bound memory. */
+  predict(x: Float32Array, n: number, batch = 500): Float32Array {
+    const [h, w, c] = this.arch.input;
+    const out = new Float32Array(n * this.arch.classes);
+    for (let s = 0; s < n; s += batch) {
+      const m = Math.min(batch, n - s);
+      const logits = tf.tidy(() =>
+        this.forward(tf.tensor4d(x.subarray(s * h * w * c, (s + m) * h * w * c), [m, h, w, c]), false),
+      );
+      out.set(logits.dataSync(), s * this.arch.classes);
+      logits.dispose();
+    }
+    return out;
+  }
+
+  dispose(): void {
+    this.discardBnUpdates();
+    for (const v of this.vars.values()) v.dispose();
+    this.vars.clear();
+  }
+}
+
+const onesCache = new Map<number, tf.Tensor2D>();
+
+/**
+ * Column sums of an [m, c] matrix as Xᵀ·1 on the wasm backend's GEMM (~2 ms for 50k×32), where
+ * Sum over a leading axis transposes first (~15 ms). The ones vector is the GEMM's B operand so
+ * its packed form is cached; a changing B (1ᵀ·X) would be repacked on every call.
+ */
+function colSum(x: tf.Tensor2D): tf.Tensor1D {
+  const [m, c] = x.shape;
+  let ones = onesCache.get(m);
+  if (ones === undefined) {
+    ones = tf.keep(tf.ones([m, 1]) as tf.Tensor2D);
+    onesCache.set(m, ones);
+  }
+  return tf.reshape(tf.matMul(x, ones, true, false), [c]);
+}
+
+/**
+ * Training-mode BatchNorm with a closed-form gradient, written for the wasm backend's fast
+ * paths: same-shape binary ops, GEMM and its one-pass FusedBatchNorm kernel, never a
+ * broadcasting binary op (5–10x slower there). With x̂ = (x−μ)·s, s = 1/√(σ²+ε):
+ *   y = γ·x̂ + β
+ *   dβ = Σ dy,  dγ = s·(Σ dy·x − μ·Σ dy)
+ *   dx = A·dy + B·x + C, A = γs, B = −γs²·dγ/M, C = −A·dβ/M − B·μ
+ * Batch statistics are computed inside the custom op and returned for the moving averages.
+ */
+function batchNormTrain(
+  x: tf.Tensor,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+): { y: tf.Tensor; mean: tf.Tensor; variance: tf.Tensor } {
+  const c = x.shape[x.shape.length - 1];
+  const m = x.size / c;
+  let mean: tf.Tensor | undefined;
+  let variance: tf.Tensor | undefined;
+  const f = tf.customGrad((...args) => {
+    const [xx, g, b, save] = args as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    const x2 = tf.reshape(xx, [m, c]) as tf.Tensor2D;
+    const mu = tf.div(colSum(x2), m);
+    const ex2 = tf.div(colSum(tf.mul(x2, x2)), m);
+    const v = tf.relu(tf.sub(ex2, tf.square(mu)));
+    mean = tf.keep(mu);
+    variance = tf.keep(v);
+    save([xx, mu, v, g]);
+    const value = tf.batchNorm(xx, mu, v, b, g, BN_EPSILON);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] => {
+      const [sx, smu, sv, sg] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D];
+      const dy2 = tf.reshape(dy, [m, c]) as tf.Tensor2D;
+      const sumDy = colSum(dy2);
+      const sumDyX = colSum(tf.mul(dy2, tf.reshape(sx, [m, c])));
+      const s = tf.rsqrt(tf.add(sv, BN_EPSILON));
+      const dgamma = tf.mul(s, tf.sub(sumDyX, tf.mul(smu, sumDy)));
+      const a = tf.mul(sg, s);
+      const bb = tf.neg(tf.div(tf.mul(tf.mul(a, s), dgamma), m));
+      const cc = tf.sub(tf.neg(tf.div(tf.mul(a, sumDy), m)), tf.mul(bb, smu));
+      // Per-channel affine maps through FusedBatchNorm with mean 0, variance 1 and epsilon 0.
+      const zero = tf.zerosLike(a);
+      const one = tf.onesLike(a);
+      const dx = tf.add(tf.batchNorm(dy, zero, one, cc, a, 0), tf.batchNorm(sx, zero, one, undefined, bb, 0));
+      return [dx, dgamma, sumDy];
+    };
+    return { value, gradFunc };
+  });
+  const y = f(x, gamma, beta);
+  return { y, mean: mean!, variance: variance! };
+}
+
+/**
+ * Max pooling whose gradient scatters dy to the argmax positions recorded in the forward pass
+ * (MaxPoolWithArgmax + ScatterNd), instead of the wasm backend's slow MaxPoolGrad.
+ */
+function maxPoolTrain(x: tf.Tensor4D, s: number): tf.Tensor4D {
+  const f = tf.customGrad((...args) => {
+    const [xx, save] = args as [tf.Tensor4D, tf.GradSaveFunc];
+    const { result, indexes } = tf.maxPoolWithArgmax(xx, s, s, 'valid', true);
+    save([indexes]);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor => {
+      const idx = tf.reshape(saved[0], [dy.size, 1]);
+      return tf.reshape(tf.scatterND(idx, tf.reshape(dy, [dy.size]), [x.size]), x.shape);
+    };
+    return { value: result, gradFunc };
+  });
+  return f(x) as tf.Tensor4D;
+}
+
+/** Standard normal by Box–Muller. */
+export function gaussian(rng: Rng): number {
+  const u = Math.max(rng(), 1e-12);
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng());
+}

@@ -1,0 +1,193 @@
+/**
+ * The training steps of `cascade distill`: the teacher, the students with and without
+ * distillation. Each step reads what earlier steps left in the run folder and writes its own
+ * weights there; export, quantization and calibration follow in their own modules.
+ */
+import { createHash } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { ARCHS, type ArchSpec } from '../models/arch.ts';
+import { datasetHash, type ImageDataset, splitTrainVal, subset } from '../models/data/dataset.ts';
+import { loadDataset } from '../models/data/load.ts';
+import { exportOnnx } from './onnx/export.ts';
+import { onnxLogits, toNchw } from './onnx-infer.ts';
+import type { Progress } from './progress.ts';
+import type { RunDir } from './run-dir.ts';
+import { initTf, type TrainingBackend } from './tf.ts';
+import { type Distillation, type TrainConfig, train } from './train.ts';
+
+/** Fashion-MNIST pixel statistics (train split), used as the input normalisation of every tier. */
+export const FASHION_MNIST_MEAN = [0.286];
+export const FASHION_MNIST_STD = [0.353];
+
+/** The defaults each role trains with; every field can be overridden from the CLI. */
+export const ROLE_DEFAULTS: Record<'teacher' | 'gateway' | 'device', Omit<TrainConfig, 'arch' | 'kd'>> = {
+  teacher: {
+    epochs: 8,
+    batchSize: 128,
+    lr: 0.1,
+    momentum: 0.9,
+    weightDecay: 5e-4,
+    warmupEpochs: 1,
+    patience: 4,
+    augment: { shift: 2, flip: true },
+    seed: 1,
+    mean: FASHION_MNIST_MEAN,
+    std: FASHION_MNIST_STD,
+  },
+  gateway: {
+    epochs: 6,
+    batchSize: 128,
+    lr: 0.1,
+    momentum: 0.9,
+    weightDecay: 5e-4,
+    warmupEpochs: 1,
+    patience: 4,
+    augment: { shift: 2, flip: true },
+    seed: 2,
+    mean: FASHION_MNIST_MEAN,
+    std: FASHION_MNIST_STD,
+  },
+  device: {
+    epochs: 8,
+    batchSize: 128,
+    lr: 0.1,
+    momentum: 0.9,
+    weightDecay: 5e-4,
+    warmupEpochs: 1,
+    patience: 4,
+    augment: { shift: 2, flip: true },
+    seed: 3,
+    mean: FASHION_MNIST_MEAN,
+    std: FASHION_MNIST_STD,
+  },
+};
+
+/** Hinton distillation defaults: equal weights, T = 4. */
+export const KD_DEFAULTS = { alpha: 0.5, beta: 0.5, temperature: 4 };
+
+/** Validation share carved from the training split (never the test split). */
+export const VAL_FRACTION = 1 / 12;
+/** Seed of the train/validation split; shared by every step so all tiers see the same split. */
+export const SPLIT_SEED = 42;
+
+export interface DataOptions {
+  /** Dataset folder (IDX or ImageFolder); default: Debian's Fashion-MNIST. */
+  data?: string;
+  /** Use only the first n training images (smoke tests). */
+  limit?: number;
+}
+
+export interface Splits {
+  train: ImageDataset;
+  val: ImageDataset;
+  hash: string;
+}
+
+/** Loads the training split and carves the validation split out of it. */
+export async function loadSplits(opts: DataOptions): Promise<Splits> {
+  let full = await loadDataset({ data: opts.data, split: 'train' });
+  if (opts.limit !== undefined && opts.limit < full.n) {
+    full = subset(
+      full,
+      Array.from({ length: opts.limit }, (_, i) => i),
+    );
+  }
+  const { train: tr, val } = splitTrainVal(full, VAL_FRACTION, SPLIT_SEED);
+  return { train: tr, val, hash: datasetHash(full) };
+}
+
+export interface TrainStepOptions extends DataOptions {
+  role: 'teacher' | 'gateway' | 'device';
+  runs: RunDir;
+  progress: Progress;
+  shouldStop?: () => boolean;
+  /** Partial config overrides (epochs, lr, batchSize, seed, maxStepsPerEpoch...). */
+  overrides?: Partial<TrainConfig>;
+  /** Distil from cached teacher logits; name suffix `-kd`. Omit for the plain baseline. */
+  kd?: Omit<Distillation, 'teacherLogits'> & { teacherLogits: Float32Array };
+  /** Weights name in the run folder; default: role, role-kd or role-nokd. */
+  name?: string;
+  backend?: TrainingBackend;
+  splits?: Splits;
+}
+
+/** Trains one model and stores its best weights in the run folder. Returns the stored name. */
+export async function trainStep(
+  opts: TrainStepOptions,
+): Promise<{ name: string; valAccuracy: number; backend: string }> {
+  const backend = await initTf(opts.backend);
+  const arch: ArchSpec = ARCHS[opts.role];
+  const name = opts.name ?? (opts.role === 'teacher' ? 'teacher' : `${opts.role}-${opts.kd ? 'kd' : 'nokd'}`);
+  opts.progress.log(`training ${name} (${arch.name}) on TensorFlow.js backend '${backend}'`);
+  const splits = opts.splits ?? (await loadSplits(opts));
+  const cfg: TrainConfig = { arch, ...ROLE_DEFAULTS[opts.role], ...opts.overrides, kd: opts.kd };
+  opts.progress.log(
+    `data: ${splits.train.n} train / ${splits.val.n} val images; epochs ${cfg.epochs}, batch ${cfg.batchSize}, lr ${cfg.lr}, seed ${cfg.seed}` +
+      (cfg.kd ? `, KD alpha ${cfg.kd.alpha} beta ${cfg.kd.beta} T ${cfg.kd.temperature}` : ''),
+  );
+  await opts.runs.ensure();
+  const started = performance.now();
+  const result = await train(cfg, splits.train, splits.val, {
+    checkpoint: opts.runs.path(`${name}.ckpt`),
+    progress: opts.progress,
+    shouldStop: opts.shouldStop,
+  });
+  const { kd, ...config } = cfg;
+  await opts.runs.saveWeights(name, result.weights, {
+    name,
+    arch: arch.name,
+    config: {
+      ...config,
+      arch: arch.name,
+      kd: kd && { alpha: kd.alpha, beta: kd.beta, temperature: kd.temperature },
+    },
+    history: result.history,
+    bestEpoch: result.bestEpoch,
+    bestValAccuracy: result.bestValAccuracy,
+    imagesPerSecond: result.imagesPerSecond,
+    backend,
+    dataHash: splits.hash,
+    seconds: (performance.now() - started) / 1000,
+  });
+  opts.progress.log(
+    `${name}: best val accuracy ${result.bestValAccuracy.toFixed(4)} at epoch ${result.bestEpoch}; ` +
+      `${result.imagesPerSecond.toFixed(0)} images/s on '${backend}'`,
+  );
+  return { name, valAccuracy: result.bestValAccuracy, backend };
+}
+
+/**
+ * Teacher logits on the training split (clean images), computed once with ONNX Runtime and
+ * cached in the run folder, keyed by the split's data hash and the teacher's identity.
+ * @param teacherOnnx use this fp32 ONNX classifier instead of the trained teacher.
+ */
+export async function teacherLogits(
+  runs: RunDir,
+  splits: Splits,
+  progress: Progress,
+  teacherOnnx?: string,
+): Promise<Float32Array> {
+  const model = teacherOnnx
+    ? new Uint8Array(await readFile(teacherOnnx))
+    : exportOnnx(ARCHS.teacher, (await runs.loadWeights('teacher', 'cascade distill teacher')).weights);
+  const key = `${splits.hash}:${splits.train.n}:${createHash('sha256').update(model).digest('hex')}`;
+  const cached = await runs.readJson<{ key: string }>('teacher-logits.json');
+  if (cached?.key === key) {
+    const buf = await readFile(runs.path('teacher-logits.bin'));
+    return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
+  }
+  progress.log(`computing teacher logits for ${splits.train.n} training images`);
+  const x = toNchw(splits.train, FASHION_MNIST_MEAN, FASHION_MNIST_STD);
+  const { logits } = await onnxLogits(model, x, splits.train.n, [
+    splits.train.channels,
+    splits.train.height,
+    splits.train.width,
+  ]);
+  await runs.ensure();
+  await writeFile(
+    runs.path('teacher-logits.bin'),
+    new Uint8Array(logits.buffer, logits.byteOffset, logits.byteLength),
+  );
+  await runs.writeJson('teacher-logits.json', { key });
+  return logits;
+}

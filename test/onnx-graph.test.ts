@@ -56,6 +56,21 @@ describe('parseOnnx', () => {
     for (let i = 0; i < 10; i++) assert.ok(Math.abs(want[i] - got[i]) < 1e-5);
   });
 
+  it('drops nodes the output does not depend on', () => {
+    const model = buildModel(
+      [
+        ['Relu', ['x'], ['dead']],
+        ['Flatten', ['x'], ['f']],
+        ['Gemm', ['f', 'w'], ['y'], [{ name: 'transB', type: 2, i: 1 }]],
+      ],
+      { w: { dims: [10, 192], data: rand(1920) } },
+    );
+    assert.deepEqual(
+      parseOnnx(model).nodes.map((n) => n.op),
+      ['Flatten', 'Gemm'],
+    );
+  });
+
   it('rejects an unsupported operator with MODEL_ERR_UNSUPPORTED naming op and node', () => {
     const softmax = buildModel(
       [

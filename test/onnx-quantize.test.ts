@@ -238,6 +238,11 @@ describe('calibration and QDQ quantization', () => {
       code: ErrorCodes.MODEL_ERR_UNSUPPORTED,
       message: /Softmax/,
     });
+    const once = quantizeQdq(fp32, ranges, { flavour: 'qdq-cpu' }).model;
+    assert.throws(() => quantizeQdq(once, ranges, { flavour: 'qdq-cpu' }), {
+      code: ErrorCodes.MODEL_ERR_UNSUPPORTED,
+      message: /already quantized/,
+    });
     assert.throws(() => quantizeQdq(fp32.subarray(0, fp32.length >> 1), ranges, { flavour: 'qdq-cpu' }), {
       code: ErrorCodes.MODEL_ERR_INVALID,
     });

@@ -165,8 +165,8 @@ export function inferShapes(g: Graph): Map<string, number[]> {
   return shapes;
 }
 
-/** Whether a tensor is read by exactly one node and is not the graph output (so it can vanish). */
-function private1(g: Graph, tensor: string, uses: Map<string, GraphNode[]>): boolean {
+/** Whether a tensor is read by exactly one node and is not the graph output (so a fold may remove it). */
+function readOnce(g: Graph, tensor: string, uses: Map<string, GraphNode[]>): boolean {
   return tensor !== g.output.name && (uses.get(tensor)?.length ?? 0) === 1;
 }
 
@@ -230,7 +230,7 @@ function normalizeGemms(g: Graph, where: string): void {
 }
 
 /** Folds Add(conv_or_gemm(x), per-channel constant) into the bias; leaves other Adds alone. */
-function foldBiasAdds(g: Graph): void {
+function foldBiasAdds(g: Graph, where: string): void {
   for (const add of [...g.nodes]) {
     if (add.op !== 'Add') continue;
     const uses = consumers(g);
@@ -238,7 +238,7 @@ function foldBiasAdds(g: Graph): void {
     for (const k of [0, 1]) {
       const x = add.inputs[k];
       const p = prod.get(x);
-      if (!p || (p.op !== 'Conv' && p.op !== 'Gemm') || !private1(g, x, uses)) continue;
+      if (!p || (p.op !== 'Conv' && p.op !== 'Gemm') || !readOnce(g, x, uses)) continue;
       const out = floatConst(g, p.inputs[1])!.dims[0];
       const ok =
         p.op === 'Conv' ? (d: number[]) => d.slice(-2).every((v) => v === 1) && d.length >= 3 : () => true;
@@ -248,7 +248,7 @@ function foldBiasAdds(g: Graph): void {
       for (let i = 0; i < out; i++) c[i] += old[i];
       p.inputs[2] = addConst(g, `${p.name}.bias`, [out], c);
       add.inputs = [x];
-      bypass(g, add, '');
+      bypass(g, add, where);
       break;
     }
   }
@@ -261,7 +261,7 @@ function foldBatchNorms(g: Graph, where: string): void {
     const p = producers(g).get(bn.inputs[0]);
     const [gamma, beta, mean, variance] = bn.inputs.slice(1, 5).map((name) => floatConst(g, name));
     const training = bn.attrs['training_mode'];
-    if (!p || (p.op !== 'Conv' && p.op !== 'Gemm') || !private1(g, bn.inputs[0], uses)) {
+    if (!p || (p.op !== 'Conv' && p.op !== 'Gemm') || !readOnce(g, bn.inputs[0], uses)) {
       throw unsupported(
         `${where}: BatchNormalization node "${bn.name}" cannot be folded: its input must come from a Conv or Gemm that nothing else reads`,
       );
@@ -300,6 +300,18 @@ function foldBatchNorms(g: Graph, where: string): void {
     bn.inputs = [bn.inputs[0]];
     bypass(g, bn, where);
   }
+}
+
+/** Drops nodes nothing downstream of the graph output needs (they would be calibrated for nothing). */
+function pruneDead(g: Graph): void {
+  const live = new Set([g.output.name]);
+  const kept: GraphNode[] = [];
+  for (const n of [...g.nodes].reverse()) {
+    if (!n.outputs.some((o) => live.has(o))) continue;
+    kept.push(n);
+    for (const i of n.inputs) live.add(i);
+  }
+  g.nodes = kept.reverse();
 }
 
 /** Op-specific checks on what must be constant for quantization. */
@@ -355,8 +367,9 @@ export function normalizeGraph(g: Graph, where: string, srcOpset: number): Graph
     }
   }
   normalizeGemms(g, where);
-  foldBiasAdds(g);
+  foldBiasAdds(g, where);
   foldBatchNorms(g, where);
+  pruneDead(g);
   check(g, where);
   g.nodes = toposort(g.nodes, new Set([g.input.name, ...g.consts.keys()]), where);
   return g;

@@ -124,6 +124,9 @@ export function parseOnnx(bytes: Uint8Array, where = 'model'): Graph {
     throw unsupported(`${where}: ${(g.output ?? []).length} graph outputs; a classifier has one`);
   }
   const input = ioOf(inputs[0], where);
+  if (input.dims.length < 2) {
+    throw unsupported(`${where}: input ${input.name} has no shape; a classifier input needs [N, ...] dims`);
+  }
   const output = ioOf(g.output![0], where);
 
   const nodes: GraphNode[] = [];
@@ -137,6 +140,11 @@ export function parseOnnx(bytes: Uint8Array, where = 'model'): Graph {
       if (!t || !('dtype' in t)) throw unsupported(`${where}: Constant node "${name}" has no tensor value`);
       consts.set(n.output?.[0] ?? '', t);
       return;
+    }
+    if (op === 'QuantizeLinear' || op === 'DequantizeLinear' || op.startsWith('QLinear') || op === 'QGemm') {
+      throw unsupported(
+        `${where}: node "${name}" uses ${op}: the model is already quantized; pass the fp32 model`,
+      );
     }
     if ((domain !== '' && domain !== 'ai.onnx') || !SUPPORTED_OPS.includes(op)) {
       throw unsupported(

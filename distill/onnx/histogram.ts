@@ -165,6 +165,7 @@ export class TensorStats {
     this.neg.add(m, nm);
   }
 
+  /** Number of values added, both signs. */
   get count(): number {
     return this.pos.count + this.neg.count;
   }

@@ -102,7 +102,10 @@ export function activationQuant(r: TensorRange, flavour: QdqFlavour): Activation
 }
 
 /** Symmetric per-channel int8 quantization of a weight along `axis` (values in −127…127). */
-export function quantizeWeight(w: Extract<ConstTensor, { dtype: 'float32' }>, axis: number) {
+export function quantizeWeight(
+  w: Extract<ConstTensor, { dtype: 'float32' }>,
+  axis: number,
+): { q: Int8Array; scale: Float32Array } {
   const channels = w.dims[axis] ?? 1;
   const inner = w.dims.slice(axis + 1).reduce((a, b) => a * b, 1);
   const amax = new Float64Array(channels);

@@ -113,6 +113,47 @@ export class TfModel {
     this.#pendingBn = [];
   }
 
+  /**
+   * "Precise BN": replaces the moving statistics by the mean of batch statistics over `batches`
+   * clean training batches. Moving averages lag the weights (badly in short runs, where they
+   * barely leave their initial values); re-estimating them before evaluation removes that lag.
+   * @param x normalised NHWC images; uses the first `batches × batchSize` of them.
+   */
+  recalibrateBn(x: Float32Array, n: number, batchSize = 128, batches = 20): void {
+    const [h, w, c] = this.arch.input;
+    const per = h * w * c;
+    const sums = new Map<string, { mean: Float32Array; variance: Float32Array }>();
+    let count = 0;
+    for (let b = 0; b < batches && (b + 1) * batchSize <= n; b++) {
+      tf.tidy(() => {
+        this.forward(
+          tf.tensor4d(x.subarray(b * batchSize * per, (b + 1) * batchSize * per), [batchSize, h, w, c]),
+          true,
+        );
+      });
+      for (const { name, mean, variance } of this.#pendingBn) {
+        const m = mean.dataSync() as Float32Array;
+        const v = variance.dataSync() as Float32Array;
+        const acc = sums.get(name) ?? {
+          mean: new Float32Array(m.length),
+          variance: new Float32Array(v.length),
+        };
+        for (let i = 0; i < m.length; i++) {
+          acc.mean[i] += m[i];
+          acc.variance[i] += v[i];
+        }
+        sums.set(name, acc);
+      }
+      this.discardBnUpdates();
+      count++;
+    }
+    if (count === 0) return;
+    for (const [name, acc] of sums) {
+      this.vars.get(`${name}/mean`)!.assign(tf.tensor(acc.mean.map((s) => s / count)));
+      this.vars.get(`${name}/variance`)!.assign(tf.tensor(acc.variance.map((s) => s / count)));
+    }
+  }
+
   /** Drops BN updates of a forward pass that was not followed by an optimizer step. */
   discardBnUpdates(): void {
     for (const { mean, variance } of this.#pendingBn) tf.dispose([mean, variance]);

@@ -311,6 +311,7 @@ export async function train(
         lastSave = performance.now();
       }
     }
+    model.recalibrateBn(xTrain, n, cfg.batchSize, Math.min(20, Math.max(1, Math.floor(n / cfg.batchSize))));
     const valAccuracy = accuracyOf(model, xVal, valSet.labels);
     const record: EpochRecord = {
       epoch: meta.epoch + 1,

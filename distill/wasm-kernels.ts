@@ -113,16 +113,26 @@ const conv2DBackpropFilter: KernelFunc = ({ inputs, attrs = {}, backend }) => {
     dimRoundingMode,
   );
   const [kh, kw] = [info.filterHeight, info.filterWidth];
-  const padded = pad4(b, x, info.padInfo);
-  const xp = padded ?? x;
-  const xt = run(b, 'Transpose', { x: xp }, { perm: [3, 1, 2, 0] }); // [Ci, Hp, Wp, N]
+  const p = info.padInfo;
+  const xt = run(b, 'Transpose', { x }, { perm: [3, 1, 2, 0] }); // [Ci, H, W, N]
   const dyt = run(b, 'Transpose', { x: dy }, { perm: [1, 2, 0, 3] }); // [Ho, Wo, N, Co]
-  // A stride s in the forward pass becomes a dilation s of dy, used here as the filter.
+  // The forward padding becomes explicit padding of this conv (no padded copy of x); a stride s in
+  // the forward pass becomes a dilation s of dy, used here as the filter.
   const r = run(
     b,
     'Conv2D',
     { x: xt, filter: dyt },
-    { strides: [1, 1], pad: 'valid', dataFormat: 'NHWC', dilations: [info.strideHeight, info.strideWidth] },
+    {
+      strides: [1, 1],
+      pad: [
+        [0, 0],
+        [p.top, p.bottom],
+        [p.left, p.right],
+        [0, 0],
+      ],
+      dataFormat: 'NHWC',
+      dilations: [info.strideHeight, info.strideWidth],
+    },
   ); // [Ci, >=kh, >=kw, Co]
   let cut = r;
   if (r.shape[1] !== kh || r.shape[2] !== kw) {
@@ -131,7 +141,6 @@ const conv2DBackpropFilter: KernelFunc = ({ inputs, attrs = {}, backend }) => {
   const out = run(b, 'Transpose', { x: cut }, { perm: [1, 2, 0, 3] });
   free(b, xt, dyt, r);
   if (cut !== r) free(b, cut);
-  if (padded !== null) free(b, padded);
   return out;
 };
 

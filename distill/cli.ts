@@ -19,6 +19,9 @@ Steps (run in this order, or all at once with \`all\`):
   finalize                    export ONNX, quantize students to INT8 (QDQ), fit temperatures,
                               reliability tables and cascade thresholds, write cards + registry
   all                         teacher, both students with and without KD, finalize
+  quantize --model F.onnx     calibrate and quantize any fp32 ONNX classifier to INT8 QDQ
+           [--flavours cpu,trt] [--out DIR]  (written next to the model by default)
+  calibrate --model F.onnx    fit its temperature; print ECE before/after and reliability (JSON)
   sample                      rebuild the bundled evaluation sample (models/sample)
 
 Data and run options:
@@ -64,6 +67,8 @@ const OPTIONS = {
   'calibration-samples': { type: 'string' },
   epsilon: { type: 'string' },
   'per-class': { type: 'string' },
+  model: { type: 'string' },
+  flavours: { type: 'string' },
 } as const;
 
 /** Runs `cascade distill` with its arguments. */
@@ -189,6 +194,38 @@ export async function main(argv: string[]): Promise<void> {
       case 'finalize':
         await finalizeStep();
         return;
+      case 'quantize':
+      case 'calibrate': {
+        if (v.model === undefined)
+          throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, `${stepName}: --model FILE.onnx is required`);
+        const tools = await import('./onnx-tools.ts');
+        if (stepName === 'calibrate') {
+          process.stdout.write(`${JSON.stringify(await tools.calibrateFile(v.model, splits), null, 2)}\n`);
+          return;
+        }
+        const flavours = (v.flavours ?? 'cpu,trt').split(',').map((f) => {
+          const form = choiceOpt('--flavours', f.trim(), ['cpu', 'trt'] as const);
+          return form === 'trt' ? ('qdq-trt' as const) : ('qdq-cpu' as const);
+        });
+        const { dirname } = await import('node:path');
+        const r = await tools.quantizeFile({
+          model: v.model,
+          outDir: v.out ?? dirname(v.model),
+          splits,
+          flavours,
+          method:
+            choiceOpt<CalibrationMethod>('--calibration', v.calibration, [
+              'minmax',
+              'percentile',
+              'entropy',
+            ]) ?? 'entropy',
+          samples:
+            numberOpt('--calibration-samples', v['calibration-samples'], { integer: true, min: 1 }) ?? 2048,
+          progress: streamProgress('quantize'),
+        });
+        process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+        return;
+      }
       case 'all':
         if (v.teacher === undefined) {
           await trainStep({

@@ -115,4 +115,25 @@ describe('cascade distill all → cascade eval (smoke)', () => {
     // A short run on 1,600 images still learns something: far above chance (0.1).
     assert.ok(report.tiers.cloud.accuracy > 0.3, `teacher accuracy ${report.tiers.cloud.accuracy}`);
   });
+
+  it('quantizes and calibrates an fp32 ONNX classifier given as a file', () => {
+    const model = join(dir, 'models', 'cloud', 'teacher.onnx');
+    const common = ['--data', join(dir, 'data'), '--calibration-samples', '64'];
+    const q = cascade(['distill', 'quantize', '--model', model, '--out', join(dir, 'q'), ...common]);
+    assert.equal(q.status, 0, q.stderr);
+    const qr = JSON.parse(q.stdout);
+    assert.deepEqual(
+      qr.files.map((f: { form: string }) => f.form),
+      ['qdq-cpu', 'qdq-trt'],
+    );
+    for (const f of qr.files) assert.ok(f.bytes > 0 && f.valAccuracy >= 0 && f.valAccuracy <= 1);
+    const c = cascade(['distill', 'calibrate', '--model', model, ...common]);
+    assert.equal(c.status, 0, c.stderr);
+    const cr = JSON.parse(c.stdout);
+    assert.ok(cr.temperature > 0);
+    assert.ok(
+      cr.eceAfter <= cr.eceBefore + 1e-9,
+      'temperature scaling does not worsen ECE on the data it was fit on',
+    );
+  });
 });

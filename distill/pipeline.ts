@@ -35,7 +35,7 @@ export const ROLE_DEFAULTS: Record<'teacher' | 'gateway' | 'device', Omit<TrainC
     std: FASHION_MNIST_STD,
   },
   gateway: {
-    epochs: 6,
+    epochs: 8,
     batchSize: 128,
     lr: 0.1,
     momentum: 0.9,

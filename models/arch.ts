@@ -77,7 +77,7 @@ export const DEVICE: ArchSpec = {
     ...cbr(16),
     { kind: 'maxpool', size: 2 },
     ...cbr(32),
-    ...cbr(32),
+    ...cbr(48),
     { kind: 'maxpool', size: 2 },
     ...cbr(64),
     { kind: 'gap' },

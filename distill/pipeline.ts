@@ -19,47 +19,24 @@ import { type Distillation, type TrainConfig, train } from './train.ts';
 export const FASHION_MNIST_MEAN = [0.286];
 export const FASHION_MNIST_STD = [0.353];
 
+/** Settings every role shares: SGD + Nesterov, cosine after one warm-up epoch, shift/flip augmentation. */
+const BASE_CONFIG: Omit<TrainConfig, 'arch' | 'kd' | 'epochs' | 'seed'> = {
+  batchSize: 128,
+  lr: 0.1,
+  momentum: 0.9,
+  weightDecay: 5e-4,
+  warmupEpochs: 1,
+  patience: 4,
+  augment: { shift: 2, flip: true },
+  mean: FASHION_MNIST_MEAN,
+  std: FASHION_MNIST_STD,
+};
+
 /** The defaults each role trains with; every field can be overridden from the CLI. */
 export const ROLE_DEFAULTS: Record<'teacher' | 'gateway' | 'device', Omit<TrainConfig, 'arch' | 'kd'>> = {
-  teacher: {
-    epochs: 8,
-    batchSize: 128,
-    lr: 0.1,
-    momentum: 0.9,
-    weightDecay: 5e-4,
-    warmupEpochs: 1,
-    patience: 4,
-    augment: { shift: 2, flip: true },
-    seed: 1,
-    mean: FASHION_MNIST_MEAN,
-    std: FASHION_MNIST_STD,
-  },
-  gateway: {
-    epochs: 8,
-    batchSize: 128,
-    lr: 0.1,
-    momentum: 0.9,
-    weightDecay: 5e-4,
-    warmupEpochs: 1,
-    patience: 4,
-    augment: { shift: 2, flip: true },
-    seed: 2,
-    mean: FASHION_MNIST_MEAN,
-    std: FASHION_MNIST_STD,
-  },
-  device: {
-    epochs: 8,
-    batchSize: 128,
-    lr: 0.1,
-    momentum: 0.9,
-    weightDecay: 5e-4,
-    warmupEpochs: 1,
-    patience: 4,
-    augment: { shift: 2, flip: true },
-    seed: 3,
-    mean: FASHION_MNIST_MEAN,
-    std: FASHION_MNIST_STD,
-  },
+  teacher: { ...BASE_CONFIG, epochs: 8, seed: 1 },
+  gateway: { ...BASE_CONFIG, epochs: 8, seed: 2 },
+  device: { ...BASE_CONFIG, epochs: 8, seed: 3 },
 };
 
 /** Hinton distillation defaults: equal weights, T = 4. */

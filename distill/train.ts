@@ -139,15 +139,19 @@ export function learningRate(cfg: TrainConfig, epochFloat: number): number {
   return 0.5 * cfg.lr * (1 + Math.cos(Math.PI * Math.min(1, t)));
 }
 
+/** JSON with object keys sorted, so equal configurations give equal strings whatever their key order. */
+function canonical(value: unknown): string {
+  return JSON.stringify(value, (_, v: unknown) =>
+    v !== null && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([x], [y]) => (x < y ? -1 : 1)))
+      : v,
+  );
+}
+
 /** A stable key of everything that must match for a checkpoint to be resumed. */
 function configKey(cfg: TrainConfig, trainN: number, valN: number): string {
   const { kd, ...rest } = cfg;
-  return JSON.stringify({
-    ...rest,
-    kd: kd && { ...kd, teacherLogits: kd.teacherLogits.length },
-    trainN,
-    valN,
-  });
+  return canonical({ ...rest, kd: kd && { ...kd, teacherLogits: kd.teacherLogits.length }, trainN, valN });
 }
 
 /** Accuracy of a model on a normalised set, in inference mode. */
@@ -229,7 +233,7 @@ export async function train(
   let best: Map<string, Float32Array> | null = null;
   const ck = await loadCheckpoint<CkptMeta>(opts.checkpoint);
   if (ck !== null) {
-    if (ck.meta.configKey !== key) {
+    if (canonical(JSON.parse(ck.meta.configKey)) !== key) {
       throw new CascadeError(
         ErrorCodes.TRAIN_ERR_CHECKPOINT,
         `${opts.checkpoint}: checkpoint is from a different configuration; delete it or rerun with the same options`,

@@ -10,6 +10,11 @@
  * FusedConv2D path (taken when a conv has no bias, e.g. before BatchNorm) use them. Cases outside
  * the fast formulations (strided input gradients, channel multipliers > 1, NCHW) run the cpu
  * backend's reference kernel on copies of the data: slow, but correct.
+ *
+ * MaxPoolWithArgmax is replaced too: the wasm backend's (4.22) starts every window at
+ * numeric_limits<float>::min(), the smallest *positive* float, so a window whose values are all
+ * ≤ 0 (every dead window after a ReLU) returns 1.2e-38 and index 0, and the max-pool gradient of
+ * distill/model.ts sent all of those windows' gradients to element 0 of the batch.
  */
 
 import {
@@ -22,6 +27,7 @@ import {
   getKernel,
   type KernelBackend,
   type KernelFunc,
+  MaxPoolWithArgmax,
   type NamedAttrMap,
   type NamedTensorInfoMap,
   registerKernel,
@@ -291,6 +297,56 @@ const depthwiseBackpropInput: KernelFunc = ({ inputs, attrs = {}, backend }) => 
   return out;
 };
 
+/**
+ * MaxPoolWithArgmax (NHWC) computed on the wasm heap in place: each window starts at its first
+ * in-bounds element and keeps the first maximum, as the cpu backend and TensorFlow do.
+ */
+const maxPoolWithArgmax: KernelFunc = ({ inputs, attrs = {}, backend }) => {
+  const b = backend as BackendWasm;
+  const { x } = inputs as { x: TensorInfo };
+  const { filterSize, strides, pad, includeBatchInIndex } = attrs as unknown as {
+    filterSize: number | [number, number];
+    strides: number | [number, number];
+    pad: 'valid' | 'same' | number;
+    includeBatchInIndex: boolean;
+  };
+  const info = backend_util.computePool2DInfo(
+    x.shape as [number, number, number, number],
+    filterSize,
+    strides,
+    [1, 1],
+    pad,
+  );
+  const pooled = b.makeOutput(info.outShape, x.dtype);
+  const indexes = b.makeOutput(info.outShape, 'int32');
+  const xv = b.typedArrayFromHeap(x);
+  const pv = b.typedArrayFromHeap(pooled);
+  const iv = b.typedArrayFromHeap(indexes);
+  const { batchSize: n, inHeight: h, inWidth: w, inChannels: c, outHeight: oh, outWidth: ow } = info;
+  const [fh, fw] = [info.effectiveFilterHeight, info.effectiveFilterWidth];
+  let o = 0;
+  for (let bi = 0; bi < n; bi++)
+    for (let oy = 0; oy < oh; oy++) {
+      const y0 = Math.max(0, oy * info.strideHeight - info.padInfo.top);
+      const y1 = Math.min(h, oy * info.strideHeight - info.padInfo.top + fh);
+      for (let ox = 0; ox < ow; ox++) {
+        const x0 = Math.max(0, ox * info.strideWidth - info.padInfo.left);
+        const x1 = Math.min(w, ox * info.strideWidth - info.padInfo.left + fw);
+        for (let ch = 0; ch < c; ch++, o++) {
+          let best = ((bi * h + y0) * w + x0) * c + ch;
+          for (let y = y0; y < y1; y++)
+            for (let xx = x0; xx < x1; xx++) {
+              const k = ((bi * h + y) * w + xx) * c + ch;
+              if (xv[k] > xv[best]) best = k;
+            }
+          pv[o] = xv[best];
+          iv[o] = includeBatchInIndex ? best : best - bi * h * w * c;
+        }
+      }
+    }
+  return [pooled, indexes];
+};
+
 let installed = false;
 
 /**
@@ -305,6 +361,7 @@ export function installWasmGradKernels(): void {
     [Conv2DBackpropInput, conv2DBackpropInput],
     [DepthwiseConv2dNativeBackpropFilter, depthwiseBackpropFilter],
     [DepthwiseConv2dNativeBackpropInput, depthwiseBackpropInput],
+    [MaxPoolWithArgmax, maxPoolWithArgmax],
   ] as const) {
     if (getKernel(kernelName, 'wasm') !== undefined) unregisterKernel(kernelName, 'wasm');
     registerKernel({ kernelName, backendName: 'wasm', kernelFunc });

@@ -98,6 +98,17 @@ describe('wasm gradient kernels agree with the cpu backend', () => {
       assert.ok(maxRelErr(got.dw, ref.dw) < 1e-5, `dw differs: ${maxRelErr(got.dw, ref.dw)}`);
     });
   }
+  it('MaxPoolWithArgmax handles all-negative and all-zero windows, first max on ties', () => {
+    // Windows: [-3 -1 -2 -4] → -1 at 1; zeros → 0 at 2 (the first); [5 1 2 5] → 5 at 8; [-7 -6 -5 -8] → -5 at 14.
+    const img = [-3, -1, 0, 0, -2, -4, 0, 0, 5, 1, -7, -6, 2, 5, -5, -8];
+    const x = tf.tensor4d([...img, ...img.map((v) => v * 2)], [2, 4, 4, 1]);
+    const { result, indexes } = tf.maxPoolWithArgmax(x, 2, 2, 'valid', true);
+    assert.deepEqual(Array.from(result.dataSync()), [-1, 0, 5, -5, -2, 0, 10, -10]);
+    assert.deepEqual(Array.from(indexes.dataSync()), [1, 2, 8, 14, 17, 18, 24, 30]);
+    const noBatch = tf.maxPoolWithArgmax(x, 2, 2, 'valid', false);
+    assert.deepEqual(Array.from(noBatch.indexes.dataSync()), [1, 2, 8, 14, 1, 2, 8, 14]);
+    tf.dispose([x, result, indexes, noBatch.result, noBatch.indexes]);
+  });
   it('the registered kernels replace the missing and slow ones', () => {
     for (const k of ['Conv2DBackpropFilter', 'Conv2DBackpropInput', 'DepthwiseConv2dNativeBackpropFilter']) {
       assert.ok(tf.getKernel(k, 'wasm'), `${k} registered`);

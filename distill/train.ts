@@ -188,6 +188,23 @@ export async function train(
   valSet: ImageDataset,
   opts: TrainOptions,
 ): Promise<TrainResult> {
+  // tfjs registers variables by name: a run that throws (interrupted, checkpoint refused) must
+  // free its model too, or the next run in the same process cannot create one.
+  const owned: Array<TfModel | tf.Variable> = [];
+  try {
+    return await trainOwning(cfg, trainSet, valSet, opts, owned);
+  } finally {
+    for (const t of owned) if (t instanceof TfModel || !t.isDisposed) t.dispose();
+  }
+}
+
+async function trainOwning(
+  cfg: TrainConfig,
+  trainSet: ImageDataset,
+  valSet: ImageDataset,
+  opts: TrainOptions,
+  owned: Array<TfModel | tf.Variable>,
+): Promise<TrainResult> {
   const [h, w, c] = cfg.arch.input;
   if (trainSet.height !== h || trainSet.width !== w || trainSet.channels !== c) {
     throw new CascadeError(
@@ -209,8 +226,10 @@ export async function train(
   const key = configKey(cfg, n, valSet.n);
 
   const model = new TfModel(cfg.arch, mulberry32(cfg.seed));
+  owned.push(model);
   const velocity = new Map<string, tf.Variable>();
   for (const v of model.trainable()) velocity.set(v.name, tf.variable(tf.zerosLike(v), false));
+  owned.push(...velocity.values());
   const decayed = new Set(
     model
       .trainable()

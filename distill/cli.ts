@@ -122,6 +122,16 @@ export async function main(argv: string[]): Promise<void> {
     temperature: numberOpt('--temperature', v.temperature, { min: 0.1 }) ?? kd.temperature,
   };
   const arch = choiceOpt('--arch', v.arch, ['device', 'gateway'] as const);
+  // Argument errors before the dataset is read: that takes seconds, and a missing dataset would
+  // otherwise be reported instead of the argument the user got wrong.
+  if (!['teacher', 'student', 'finalize', 'quantize', 'calibrate', 'all'].includes(stepName)) {
+    throw new CascadeError(
+      ErrorCodes.CLI_ERR_ARGS,
+      `unknown step "${stepName}"; run \`cascade distill --help\``,
+    );
+  }
+  if (stepName === 'student' && arch === undefined)
+    throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, 'student: --arch device|gateway is required');
 
   let interrupted = false;
   const onSigint = (): void => {

@@ -227,15 +227,11 @@ async function trainOwning(
 
   const model = new TfModel(cfg.arch, mulberry32(cfg.seed));
   owned.push(model);
+  const params = model.trainableParams();
   const velocity = new Map<string, tf.Variable>();
-  for (const v of model.trainable()) velocity.set(v.name, tf.variable(tf.zerosLike(v), false));
+  for (const [name, v] of params) velocity.set(name, tf.variable(tf.zerosLike(v), false));
   owned.push(...velocity.values());
-  const decayed = new Set(
-    model
-      .trainable()
-      .filter((v) => v.name.endsWith('/kernel'))
-      .map((v) => v.name),
-  );
+  const decayed = new Set(params.filter(([name]) => name.endsWith('/kernel')).map(([name]) => name));
 
   let meta: CkptMeta = {
     configKey: key,
@@ -279,9 +275,9 @@ async function trainOwning(
   const batchX = new Float32Array(cfg.batchSize * h * w * c);
   const batchY = new Float32Array(cfg.batchSize * classes);
   const batchT = cfg.kd ? new Float32Array(cfg.batchSize * classes) : null;
-  const vars = model.trainable();
-  let imagesTimed = 0;
-  let secondsTimed = 0;
+  // Step times after warm-up (the wasm backend builds its XNNPACK operators in the first steps).
+  const stepSeconds: number[] = [];
+  let stepsRun = 0;
   let stoppedEarly = false;
   let lastSave = performance.now();
 
@@ -302,14 +298,13 @@ async function trainOwning(
           batchT.set(cfg.kd.teacherLogits.subarray(idx * classes, (idx + 1) * classes), b * classes);
       }
       const lr = learningRate(cfg, meta.epoch + meta.step / stepsPerEpoch);
-      const { loss, correct } = step(model, vars, velocity, decayed, cfg, lr, batchX, batchY, batchT, rng);
+      const { loss, correct } = step(model, params, velocity, decayed, cfg, lr, batchX, batchY, batchT, rng);
       meta.lossSum += loss * cfg.batchSize;
       meta.correct += correct;
       meta.seen += cfg.batchSize;
       const dt = (performance.now() - t0) / 1000;
-      if (meta.step > 2) {
-        imagesTimed += cfg.batchSize;
-        secondsTimed += dt;
+      if (++stepsRun > WARMUP_STEPS) {
+        stepSeconds.push(dt);
       }
       opts.progress.step(meta.step + 1, {
         loss: meta.lossSum / meta.seen,
@@ -380,15 +375,23 @@ async function trainOwning(
     history: meta.history,
     bestEpoch: meta.bestEpoch,
     bestValAccuracy: meta.bestValAccuracy,
-    imagesPerSecond: secondsTimed > 0 ? imagesTimed / secondsTimed : 0,
+    imagesPerSecond: stepSeconds.length > 0 ? cfg.batchSize / median(stepSeconds) : 0,
     stoppedEarly,
   };
+}
+
+/** Steps left out of the throughput figure: the wasm backend builds its operators in the first ones. */
+const WARMUP_STEPS = 5;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 /** One SGD step; returns the batch loss and the number of correct predictions. */
 function step(
   model: TfModel,
-  vars: tf.Variable[],
+  params: Array<[string, tf.Variable]>,
   velocity: Map<string, tf.Variable>,
   decayed: Set<string>,
   cfg: TrainConfig,
@@ -410,12 +413,12 @@ function step(
       const logits = model.forward(x, true, rng);
       logitsData = logits.dataSync() as Float32Array;
       return lossOf(logits, y, t, cfg.kd);
-    }, vars);
+    }, params.map(([, v]) => v));
     model.commitBnUpdates();
-    for (const v of vars) {
+    for (const [name, v] of params) {
       let g = grads[v.name];
-      if (decayed.has(v.name) && cfg.weightDecay > 0) g = tf.add(g, tf.mul(v, cfg.weightDecay));
-      const vel = velocity.get(v.name)!;
+      if (decayed.has(name) && cfg.weightDecay > 0) g = tf.add(g, tf.mul(v, cfg.weightDecay));
+      const vel = velocity.get(name)!;
       vel.assign(tf.add(tf.mul(vel, cfg.momentum), g));
       // Nesterov: step along the gradient plus the look-ahead velocity.
       v.assign(tf.sub(v, tf.mul(tf.add(g, tf.mul(vel, cfg.momentum)), lr)));

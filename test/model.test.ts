@@ -77,9 +77,9 @@ function modelGrads(weights: Map<string, Float32Array>): Grads {
   model.discardBnUpdates();
   const out: Grads = {
     dx: grads.x.dataSync() as Float32Array,
-    dgamma: grads['1/gamma'].dataSync() as Float32Array,
-    dbeta: grads['1/beta'].dataSync() as Float32Array,
-    dkernel: grads['0/kernel'].dataSync() as Float32Array,
+    dgamma: grads[v('1/gamma').name].dataSync() as Float32Array,
+    dbeta: grads[v('1/beta').name].dataSync() as Float32Array,
+    dkernel: grads[v('0/kernel').name].dataSync() as Float32Array,
   };
   tf.dispose(Object.values(grads));
   xv.dispose();

@@ -17,7 +17,12 @@ Steps (run in this order, or all at once with \`all\`):
   student --arch A [--no-kd]  distil a student (A: device | gateway) from the teacher's cached
                               logits; --no-kd trains the same student without distillation
   finalize                    export ONNX, quantize students to INT8 (QDQ), fit temperatures,
-                              reliability tables and cascade thresholds, write cards + registry
+                              reliability tables and cascade thresholds, write cards + registry;
+                              prints each student's INT8 loss versus fp32 (PTQ loss)
+  qat --arch A [--from NAME]  optional, when finalize reports a PTQ loss over 0.5 pp:
+                              quantization-aware fine-tune of A-kd (or NAME) with the same KD
+                              loss (--no-kd: without), default 2 epochs, lr 0.005, no warm-up;
+                              stored as A-qat, shipped by \`finalize --qat\`
   all                         teacher, both students with and without KD, finalize
   quantize --model F.onnx     calibrate and quantize any fp32 ONNX classifier to INT8 QDQ
            [--flavours cpu,trt] [--out DIR]  (written next to the model by default)
@@ -41,6 +46,8 @@ Finalize options:
   --calibration minmax|percentile|entropy   activation calibration (default entropy)
   --calibration-samples N                   training images used to calibrate (default 2048)
   --epsilon X                               allowed cascade accuracy loss vs teacher (default 0.003)
+  --qat                                     ship a student's A-qat weights (and the activation
+                                            ranges learnt with them) where they exist
 
 Ctrl-C during training saves a checkpoint; rerun the same command to resume.`;
 
@@ -48,6 +55,8 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h' },
   arch: { type: 'string' },
   'no-kd': { type: 'boolean' },
+  from: { type: 'string' },
+  qat: { type: 'boolean' },
   data: { type: 'string' },
   runs: { type: 'string' },
   out: { type: 'string' },
@@ -124,14 +133,14 @@ export async function main(argv: string[]): Promise<void> {
   const arch = choiceOpt('--arch', v.arch, ['device', 'gateway'] as const);
   // Argument errors before the dataset is read: that takes seconds, and a missing dataset would
   // otherwise be reported instead of the argument the user got wrong.
-  if (!['teacher', 'student', 'finalize', 'quantize', 'calibrate', 'all'].includes(stepName)) {
+  if (!['teacher', 'student', 'qat', 'finalize', 'quantize', 'calibrate', 'all'].includes(stepName)) {
     throw new CascadeError(
       ErrorCodes.CLI_ERR_ARGS,
       `unknown step "${stepName}"; run \`cascade distill --help\``,
     );
   }
-  if (stepName === 'student' && arch === undefined)
-    throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, 'student: --arch device|gateway is required');
+  if ((stepName === 'student' || stepName === 'qat') && arch === undefined)
+    throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, `${stepName}: --arch device|gateway is required`);
 
   let interrupted = false;
   const onSigint = (): void => {
@@ -176,6 +185,7 @@ export async function main(argv: string[]): Promise<void> {
           samples: numberOpt('--calibration-samples', v['calibration-samples'], { integer: true, min: 1 }),
         },
         epsilon: numberOpt('--epsilon', v.epsilon, { min: 0, max: 1 }),
+        qat: v.qat,
       });
     };
     switch (stepName) {
@@ -201,6 +211,25 @@ export async function main(argv: string[]): Promise<void> {
           throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, 'student: --arch device|gateway is required');
         await student(arch, !v['no-kd']);
         return;
+      case 'qat': {
+        if (arch === undefined)
+          throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, 'qat: --arch device|gateway is required');
+        const progress = streamProgress(`${arch}-qat`);
+        const teacher = v['no-kd'] ? undefined : await teacherLogits(runs, splits, progress, v.teacher);
+        const { qatStep } = await import('./pipeline.ts');
+        await qatStep({
+          arch,
+          from: v.from,
+          runs,
+          progress,
+          shouldStop,
+          overrides,
+          backend,
+          splits,
+          kd: teacher ? { ...kdCfg, teacherLogits: teacher } : undefined,
+        });
+        return;
+      }
       case 'finalize':
         await finalizeStep();
         return;

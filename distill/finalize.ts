@@ -12,6 +12,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { ece, fitTemperature, predictions, reliability, softmaxT } from '../cascade/calibration.ts';
 import { chooseThresholds, type TierPredictions } from '../cascade/cascade-sim.ts';
+import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 import { ARCHS, countParams } from '../models/arch.ts';
 import type { ArtifactFile, ModelCard, ReliabilityBin, Tier } from '../models/card.ts';
 import type { ImageDataset } from '../models/data/dataset.ts';
@@ -23,6 +24,7 @@ import { type QdqFlavour, quantizeQdq } from './onnx/quantize.ts';
 import { onnxLogits, toNchw, top1 } from './onnx-infer.ts';
 import { FASHION_MNIST_MEAN, FASHION_MNIST_STD, type Splits } from './pipeline.ts';
 import type { Progress } from './progress.ts';
+import { qatOnnxRanges } from './qat.ts';
 import type { RunDir, TrainedMeta } from './run-dir.ts';
 
 export interface FinalizeOptions {
@@ -41,7 +43,15 @@ export interface FinalizeOptions {
   teacherOnnx?: string;
   /** Model version written into the cards; default today's date. */
   version?: string;
+  /**
+   * Ship a student's quantization-aware weights (`<tier>-qat`, from `cascade distill qat`) where
+   * they exist, quantized with the activation ranges learnt with them; default false.
+   */
+  qat?: boolean;
 }
+
+/** INT8 validation accuracy may trail fp32 by this much before finalize recommends QAT. */
+export const PTQ_LOSS_LIMIT = 0.005;
 
 interface TierArtifacts {
   tier: Tier;
@@ -52,6 +62,8 @@ interface TierArtifacts {
   arch: unknown;
   meta: TrainedMeta | null;
   inputQuant?: ModelCard['input']['quant'];
+  /** Set when the student is the QAT fine-tune: what it started from, which ranges it used. */
+  qat?: { weights: string; from: unknown; qatRanges: number; calibratedRanges: number };
 }
 
 const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -83,14 +95,41 @@ async function buildStudent(
   tier: 'device' | 'gateway',
   flavours: QdqFlavour[],
 ): Promise<TierArtifacts> {
-  const name = `${tier}-kd`;
-  const { weights, meta } = await opts.runs.loadWeights(name, `cascade distill student --arch ${tier}`);
+  let name = `${tier}-kd`;
+  let loaded: Awaited<ReturnType<RunDir['loadWeights']>> | null = null;
+  if (opts.qat) {
+    try {
+      loaded = await opts.runs.loadWeights(`${tier}-qat`, '');
+      name = `${tier}-qat`;
+    } catch (err) {
+      if (!(err instanceof CascadeError && err.code === ErrorCodes.TRAIN_ERR_CHECKPOINT)) throw err;
+      opts.progress.log(`${tier}: no ${tier}-qat weights in ${opts.runs.root}; shipping ${name} (PTQ)`);
+    }
+  }
+  const { weights, meta } =
+    loaded ?? (await opts.runs.loadWeights(name, `cascade distill student --arch ${tier}`));
   const arch = ARCHS[tier];
   const fp32 = exportOnnx(arch, weights);
   const method = opts.calibration?.method ?? 'entropy';
   const batches = calibrationBatches(opts.splits.train, opts.calibration?.samples ?? 2048);
   opts.progress.log(`${tier}: calibrating activations (${method}, ${batches.length} batches)`);
   const ranges = await calibrateRanges(fp32, batches, { method, intraOpThreads: 1 });
+  let qat: TierArtifacts['qat'];
+  if (loaded !== null) {
+    // The QAT model was trained against its own ranges; calibration only fills any it lacks.
+    const learnt = Object.entries(qatOnnxRanges(arch, weights)).filter(([t]) => t in ranges.tensors);
+    for (const [t, r] of learnt) ranges.tensors[t] = r;
+    const total = Object.keys(ranges.tensors).length;
+    qat = {
+      weights: name,
+      from: meta.config.init,
+      qatRanges: learnt.length,
+      calibratedRanges: total - learnt.length,
+    };
+    opts.progress.log(
+      `${tier}: ${name}, activation ranges from QAT for ${learnt.length} of ${total} tensors`,
+    );
+  }
   const files: TierArtifacts['files'] = [];
   let inputQuant: ModelCard['input']['quant'];
   for (const flavour of flavours) {
@@ -99,7 +138,7 @@ async function buildStudent(
     const suffix = flavour === 'qdq-cpu' ? 'int8' : 'int8-trt';
     files.push({ form: flavour, bytes: q.model, file: `${tier}-${suffix}.onnx` });
   }
-  return { tier, name, files, fp32, params: countParams(arch), arch, meta, inputQuant };
+  return { tier, name, files, fp32, params: countParams(arch), arch, meta, inputQuant, qat };
 }
 
 async function buildTeacher(opts: FinalizeOptions): Promise<TierArtifacts> {
@@ -189,6 +228,20 @@ export async function finalize(opts: FinalizeOptions): Promise<Record<Tier, Mode
       after: ece(probs, splits.val.labels, k),
     };
   }
+  for (const tier of ['device', 'gateway'] as const) {
+    const int8Val = top1(measured[tier].valLogits, splits.val.labels, k);
+    const loss = measured[tier].fp32Val - int8Val;
+    progress.log(
+      `${tier}: INT8 validation accuracy ${int8Val.toFixed(4)} vs fp32 ${measured[tier].fp32Val.toFixed(4)} ` +
+        `(PTQ loss ${(loss * 100).toFixed(2)} pp${tiers[tier].qat ? ', QAT weights' : ''})`,
+    );
+    if (loss > PTQ_LOSS_LIMIT && !tiers[tier].qat) {
+      progress.log(
+        `${tier}: INT8 loses more than ${PTQ_LOSS_LIMIT * 100} pp; recommended: ` +
+          `\`cascade distill qat --arch ${tier}\` then \`cascade distill finalize --qat\``,
+      );
+    }
+  }
 
   const choice = chooseThresholds(valPred, splits.val.labels, { epsilon: opts.epsilon ?? 0.003 });
   progress.log(
@@ -265,6 +318,7 @@ export async function finalize(opts: FinalizeOptions): Promise<Record<Tier, Mode
       training: {
         ...(a.meta ? { ...a.meta } : { imported: true }),
         ...(tier !== 'cloud' && kdComparison[tier] ? { kdComparison: kdComparison[tier] } : {}),
+        ...(a.qat ? { qat: a.qat } : {}),
         calibration: {
           method: opts.calibration?.method ?? 'entropy',
           samples: opts.calibration?.samples ?? 2048,

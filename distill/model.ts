@@ -2,16 +2,28 @@
  * A functional TensorFlow.js model built from an {@link ArchSpec}: named variables and a forward
  * function, no tfjs-layers. Owning the forward pass lets training use a BatchNorm with a hand-
  * written gradient (a handful of kernels instead of the ~20 that autodiff emits) and keeps the
- * parameter names identical to the ONNX exporter's.
+ * parameter names identical to the ONNX exporter's. With `qat` on, the forward pass
+ * fake-quantizes weights and activations as the INT8 export will (distill/qat.ts).
  */
 import { type ArchSpec, type LayerSpec, paramShapes } from '../models/arch.ts';
 import type { Rng } from '../models/data/rng.ts';
+import { fakeQuantWeight, QatRanges, weightChannelAxis } from './qat.ts';
 import { tf } from './tf.ts';
 
 /** TensorFlow's BatchNormalization default; the ONNX exporter folds with the same value. */
 export const BN_EPSILON = 1e-3;
 /** Moving-average momentum of the BN statistics (Keras default). */
 export const BN_MOMENTUM = 0.99;
+
+/** Options of {@link TfModel}. */
+export interface TfModelOptions {
+  /**
+   * Quantization-aware mode: forward() fake-quantizes weights (per-channel int8) and the
+   * activations the QDQ export quantizes (uint8, moving-average ranges). The ranges are state:
+   * {@link TfModel.snapshot} writes them as `qat/…` entries and {@link TfModel.load} reads them.
+   */
+  qat?: boolean;
+}
 
 export class TfModel {
   readonly arch: ArchSpec;
@@ -20,13 +32,17 @@ export class TfModel {
   static #nextId = 0;
   /** Makes variable names unique per model: tfjs refuses two variables of the same name. */
   readonly #id = TfModel.#nextId++;
+  /** Activation ranges in QAT mode; null otherwise. */
+  readonly #qat: QatRanges | null;
 
   /**
    * Creates variables with He-normal conv/dense kernels, unit gamma, zero beta/bias.
    * @param rng seeded generator so runs are repeatable.
+   * @param opts.qat quantization-aware mode (see {@link TfModelOptions}); default off.
    */
-  constructor(arch: ArchSpec, rng: Rng) {
+  constructor(arch: ArchSpec, rng: Rng, opts: TfModelOptions = {}) {
     this.arch = arch;
+    this.#qat = opts.qat ? new QatRanges(arch) : null;
     for (const p of paramShapes(arch)) {
       const size = p.shape.reduce((a, b) => a * b, 1);
       const data = new Float32Array(size);
@@ -44,6 +60,11 @@ export class TfModel {
     }
   }
 
+  /** Whether forward() fake-quantizes (see {@link TfModelOptions.qat}). */
+  get qat(): boolean {
+    return this.#qat !== null;
+  }
+
   /** The trainable variables, in a stable order. */
   trainable(): tf.Variable[] {
     return [...this.vars.values()].filter((v) => v.trainable);
@@ -56,12 +77,15 @@ export class TfModel {
 
   /**
    * Forward pass on NHWC float input. In training mode BN uses batch statistics and schedules
-   * a moving-average update, applied by {@link commitBnUpdates} after the optimizer step.
+   * a moving-average update, applied by {@link commitBnUpdates} after the optimizer step; in
+   * QAT mode so do the activation ranges.
    */
   forward(x: tf.Tensor4D, training: boolean, rng?: Rng): tf.Tensor2D {
-    let h: tf.Tensor = x;
+    const qat = this.#qat;
+    let h: tf.Tensor = qat ? qat.apply(-1, x, training) : x;
     this.arch.layers.forEach((l, i) => {
       h = this.#layer(l, i, h, training, rng);
+      if (qat) h = qat.apply(i, h, training);
     });
     return h as tf.Tensor2D;
   }
@@ -70,11 +94,14 @@ export class TfModel {
 
   #layer(l: LayerSpec, i: number, h: tf.Tensor, training: boolean, rng?: Rng): tf.Tensor {
     const v = (leaf: string): tf.Variable => this.vars.get(`${i}/${leaf}`)!;
+    // In QAT mode the kernel goes through the int8 rounding its exported form will have.
+    const kernel = (): tf.Tensor =>
+      this.#qat ? fakeQuantWeight(v('kernel'), weightChannelAxis(l)) : v('kernel');
     switch (l.kind) {
       case 'conv':
-        return tf.conv2d(h as tf.Tensor4D, v('kernel') as tf.Tensor4D, l.stride ?? 1, 'same');
+        return tf.conv2d(h as tf.Tensor4D, kernel() as tf.Tensor4D, l.stride ?? 1, 'same');
       case 'dwconv':
-        return tf.depthwiseConv2d(h as tf.Tensor4D, v('kernel') as tf.Tensor4D, l.stride ?? 1, 'same');
+        return tf.depthwiseConv2d(h as tf.Tensor4D, kernel() as tf.Tensor4D, l.stride ?? 1, 'same');
       case 'bn': {
         if (!training) {
           return tf.batchNorm(h, v('mean'), v('variance'), v('beta'), v('gamma'), BN_EPSILON);
@@ -103,12 +130,16 @@ export class TfModel {
         return tf.mul(h, tf.tensor(mask, h.shape));
       }
       case 'dense':
-        return tf.add(tf.matMul(h as tf.Tensor2D, v('kernel') as tf.Tensor2D), v('bias'));
+        return tf.add(tf.matMul(h as tf.Tensor2D, kernel() as tf.Tensor2D), v('bias'));
     }
   }
 
-  /** Applies the BN moving-average updates collected during the last training forward pass. */
+  /**
+   * Applies the BN moving-average updates collected during the last training forward pass (and
+   * in QAT mode its activation-range updates).
+   */
   commitBnUpdates(): void {
+    this.#qat?.commit();
     for (const { name, mean, variance } of this.#pendingBn) {
       const m = this.vars.get(`${name}/mean`)!;
       const s = this.vars.get(`${name}/variance`)!;
@@ -162,24 +193,28 @@ export class TfModel {
     }
   }
 
-  /** Drops BN updates of a forward pass that was not followed by an optimizer step. */
+  /** Drops BN (and QAT range) updates of a forward pass that was not followed by an optimizer step. */
   discardBnUpdates(): void {
+    this.#qat?.discard();
     for (const { mean, variance } of this.#pendingBn) tf.dispose([mean, variance]);
     this.#pendingBn = [];
   }
 
-  /** Copies every variable out, keyed by name. */
+  /** Copies every variable out, keyed by name; in QAT mode the activation ranges too (`qat/…`). */
   snapshot(): Map<string, Float32Array> {
     const out = new Map<string, Float32Array>();
     for (const [name, v] of this.vars) out.set(name, v.dataSync() as Float32Array);
+    if (this.#qat) for (const [name, r] of this.#qat.entries()) out.set(name, r);
     return out;
   }
 
   /**
-   * Loads values saved by {@link snapshot}.
+   * Loads values saved by {@link snapshot}. Entries this model has no use for are ignored. In
+   * QAT mode, activation ranges the values lack start empty (fp32 weights start a fine-tune).
    * @throws {RangeError} when a name is missing or a size differs.
    */
   load(values: Map<string, Float32Array>): void {
+    this.#qat?.load(values);
     for (const [name, v] of this.vars) {
       const data = values.get(name);
       if (data === undefined || data.length !== v.size) {

@@ -42,6 +42,12 @@ export const ROLE_DEFAULTS: Record<'teacher' | 'gateway' | 'device', Omit<TrainC
 /** Hinton distillation defaults: equal weights, T = 4. */
 export const KD_DEFAULTS = { alpha: 0.5, beta: 0.5, temperature: 4 };
 
+/**
+ * Quantization-aware fine-tune defaults: a short run at a small learning rate from trained
+ * weights, no warm-up (the weights are already good; a warm-up would only waste the budget).
+ */
+export const QAT_DEFAULTS: Partial<TrainConfig> = { epochs: 2, lr: 0.005, warmupEpochs: 0 };
+
 /** Validation share carved from the training split (never the test split). */
 export const VAL_FRACTION = 1 / 12;
 /** Seed of the train/validation split; shared by every step so all tiers see the same split. */
@@ -84,6 +90,8 @@ export interface TrainStepOptions extends DataOptions {
   kd?: Omit<Distillation, 'teacherLogits'> & { teacherLogits: Float32Array };
   /** Weights name in the run folder; default: role, role-kd or role-nokd. */
   name?: string;
+  /** Name of the weights `overrides.init` holds, recorded in the stored metadata. */
+  from?: string;
   backend?: TrainingBackend;
   splits?: Splits;
 }
@@ -100,7 +108,9 @@ export async function trainStep(
   const cfg: TrainConfig = { arch, ...ROLE_DEFAULTS[opts.role], ...opts.overrides, kd: opts.kd };
   opts.progress.log(
     `data: ${splits.train.n} train / ${splits.val.n} val images; epochs ${cfg.epochs}, batch ${cfg.batchSize}, lr ${cfg.lr}, seed ${cfg.seed}` +
-      (cfg.kd ? `, KD alpha ${cfg.kd.alpha} beta ${cfg.kd.beta} T ${cfg.kd.temperature}` : ''),
+      (cfg.kd ? `, KD alpha ${cfg.kd.alpha} beta ${cfg.kd.beta} T ${cfg.kd.temperature}` : '') +
+      (cfg.init ? `, from ${opts.from ?? 'given weights'}` : '') +
+      (cfg.qat ? ', quantization-aware' : ''),
   );
   await opts.runs.ensure();
   const started = performance.now();
@@ -109,7 +119,7 @@ export async function trainStep(
     progress: opts.progress,
     shouldStop: opts.shouldStop,
   });
-  const { kd, ...config } = cfg;
+  const { kd, init, ...config } = cfg;
   await opts.runs.saveWeights(name, result.weights, {
     name,
     arch: arch.name,
@@ -117,6 +127,7 @@ export async function trainStep(
       ...config,
       arch: arch.name,
       kd: kd && { alpha: kd.alpha, beta: kd.beta, temperature: kd.temperature },
+      ...(init ? { init: opts.from ?? 'given weights' } : {}),
     },
     history: result.history,
     bestEpoch: result.bestEpoch,
@@ -131,6 +142,33 @@ export async function trainStep(
       `${result.imagesPerSecond.toFixed(0)} images/s on '${backend}'`,
   );
   return { name, valAccuracy: result.bestValAccuracy, backend };
+}
+
+/** Options of {@link qatStep}: those of a training step, the student and the weights to start from. */
+export interface QatStepOptions extends Omit<TrainStepOptions, 'role' | 'name' | 'from'> {
+  arch: 'device' | 'gateway';
+  /** Weights to fine-tune, by name in the run folder; default `<arch>-kd`. */
+  from?: string;
+}
+
+/**
+ * Quantization-aware fine-tune of a trained student (`cascade distill qat`): loads `from`,
+ * trains with fake quantization ({@link QAT_DEFAULTS}, then `overrides`) and the given KD loss,
+ * and stores `<arch>-qat` (weights and activation ranges) in the run folder.
+ * @throws {CascadeError} TRAIN_ERR_CHECKPOINT when the weights to start from are absent.
+ */
+export async function qatStep(
+  opts: QatStepOptions,
+): Promise<{ name: string; valAccuracy: number; backend: string }> {
+  const from = opts.from ?? `${opts.arch}-kd`;
+  const { weights } = await opts.runs.loadWeights(from, `cascade distill student --arch ${opts.arch}`);
+  return trainStep({
+    ...opts,
+    role: opts.arch,
+    name: `${opts.arch}-qat`,
+    from,
+    overrides: { ...QAT_DEFAULTS, ...opts.overrides, init: weights, qat: true },
+  });
 }
 
 /**

@@ -7,6 +7,7 @@
  * Every source of randomness derives from (seed, epoch, step), so a resumed run follows the same
  * trajectory as an uninterrupted one.
  */
+import { createHash } from 'node:crypto';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 import type { ArchSpec } from '../models/arch.ts';
 import type { ImageDataset } from '../models/data/dataset.ts';
@@ -55,6 +56,13 @@ export interface TrainConfig {
   kd?: Distillation;
   /** Limit steps per epoch (smoke tests). */
   maxStepsPerEpoch?: number;
+  /**
+   * Start from these weights (a {@link TfModel.snapshot}) instead of the seeded initialisation,
+   * e.g. a trained student to fine-tune. Part of the checkpoint key by content digest.
+   */
+  init?: Map<string, Float32Array>;
+  /** Quantization-aware training: the model fake-quantizes as its INT8 export will (distill/qat.ts). */
+  qat?: boolean;
 }
 
 export interface EpochRecord {
@@ -150,8 +158,25 @@ function canonical(value: unknown): string {
 
 /** A stable key of everything that must match for a checkpoint to be resumed. */
 function configKey(cfg: TrainConfig, trainN: number, valN: number): string {
-  const { kd, ...rest } = cfg;
-  return canonical({ ...rest, kd: kd && { ...kd, teacherLogits: kd.teacherLogits.length }, trainN, valN });
+  const { kd, init, ...rest } = cfg;
+  return canonical({
+    ...rest,
+    kd: kd && { ...kd, teacherLogits: kd.teacherLogits.length },
+    // Absent unless given, so keys of runs without initial weights stay as they were.
+    ...(init ? { init: weightsDigest(init) } : {}),
+    trainN,
+    valN,
+  });
+}
+
+/** sha256 of named tensors (names sorted), so a resumed fine-tune must start from the same weights. */
+function weightsDigest(weights: Map<string, Float32Array>): string {
+  const h = createHash('sha256');
+  for (const name of [...weights.keys()].sort()) {
+    const v = weights.get(name)!;
+    h.update(`${name}:${v.length};`).update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+  }
+  return h.digest('hex');
 }
 
 /** Accuracy of a model on a normalised set, in inference mode. */
@@ -225,8 +250,9 @@ async function trainOwning(
   );
   const key = configKey(cfg, n, valSet.n);
 
-  const model = new TfModel(cfg.arch, mulberry32(cfg.seed));
+  const model = new TfModel(cfg.arch, mulberry32(cfg.seed), { qat: cfg.qat });
   owned.push(model);
+  if (cfg.init) model.load(cfg.init);
   const params = model.trainableParams();
   const velocity = new Map<string, tf.Variable>();
   for (const [name, v] of params) velocity.set(name, tf.variable(tf.zerosLike(v), false));
@@ -409,11 +435,14 @@ function step(
     const x = tf.tensor4d(batchX, [b, h, w, c]);
     const y = tf.tensor2d(batchY, [b, k]);
     const t = batchT && cfg.kd ? tf.tensor2d(batchT, [b, k]) : null;
-    const { value, grads } = tf.variableGrads(() => {
-      const logits = model.forward(x, true, rng);
-      logitsData = logits.dataSync() as Float32Array;
-      return lossOf(logits, y, t, cfg.kd);
-    }, params.map(([, v]) => v));
+    const { value, grads } = tf.variableGrads(
+      () => {
+        const logits = model.forward(x, true, rng);
+        logitsData = logits.dataSync() as Float32Array;
+        return lossOf(logits, y, t, cfg.kd);
+      },
+      params.map(([, v]) => v),
+    );
     model.commitBnUpdates();
     for (const [name, v] of params) {
       let g = grads[v.name];

@@ -274,7 +274,7 @@ async function trainOwning(
   let best: Map<string, Float32Array> | null = null;
   const ck = await loadCheckpoint<CkptMeta>(opts.checkpoint);
   if (ck !== null) {
-    if (canonical(JSON.parse(ck.meta.configKey)) !== key) {
+    if (typeof ck.meta.configKey !== 'string' || canonical(JSON.parse(ck.meta.configKey)) !== key) {
       throw new CascadeError(
         ErrorCodes.TRAIN_ERR_CHECKPOINT,
         `${opts.checkpoint}: checkpoint is from a different configuration; delete it or rerun with the same options`,

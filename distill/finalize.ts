@@ -223,9 +223,11 @@ export async function finalize(opts: FinalizeOptions): Promise<Record<Tier, Mode
     temps[tier] = T;
     const probs = softmaxT(m.valLogits, k, T);
     valPred[tier] = predictions(probs, k);
+    // Measured on the test split: the temperature was fitted on validation, so validation ECE
+    // after scaling would flatter it.
     eces[tier] = {
-      before: ece(softmaxT(m.valLogits, k, 1), splits.val.labels, k),
-      after: ece(probs, splits.val.labels, k),
+      before: ece(softmaxT(m.testLogits, k, 1), test.labels, k),
+      after: ece(softmaxT(m.testLogits, k, T), test.labels, k),
     };
   }
   for (const tier of ['device', 'gateway'] as const) {

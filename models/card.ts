@@ -86,6 +86,7 @@ export const ModelCard = Type.Object(
       testAccuracy: Type.Optional(Type.Number()),
       fp32ValAccuracy: Type.Optional(Type.Number()),
       fp32TestAccuracy: Type.Optional(Type.Number()),
+      /** Top-label ECE (15 bins) on the test set at T = 1 and at the card's temperature (fitted on validation). */
       eceBefore: Type.Number(),
       eceAfter: Type.Number(),
       testSet: Type.Optional(Type.String()),

@@ -11,18 +11,13 @@ import { createHash } from 'node:crypto';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 import type { ArchSpec } from '../models/arch.ts';
 import type { ImageDataset } from '../models/data/dataset.ts';
-import { mulberry32, type Rng, shuffleInPlace } from '../models/data/rng.ts';
+import { mulberry32, shuffleInPlace } from '../models/data/rng.ts';
+import { type Augment, augmentInto, normalise } from './augment.ts';
 import { loadCheckpoint, removeCheckpoint, saveCheckpoint } from './checkpoint.ts';
 import { TfModel } from './model.ts';
 import type { Progress } from './progress.ts';
+import { sgdStep } from './sgd.ts';
 import { tf } from './tf.ts';
-
-export interface Augment {
-  /** Maximum random translation in pixels (zero padding). Default 2. */
-  shift: number;
-  /** Random horizontal flip (Fashion-MNIST items are left-right symmetric in class). Default true. */
-  flip: boolean;
-}
 
 export interface Distillation {
   /** Weight of the hard-label cross-entropy. */
@@ -95,49 +90,6 @@ interface CkptMeta {
   lossSum: number;
   correct: number;
   seen: number;
-}
-
-/** Normalises uint8 HWC images into float32 NHWC. */
-export function normalise(ds: ImageDataset, mean: number[], std: number[]): Float32Array {
-  const c = ds.channels;
-  const out = new Float32Array(ds.images.length);
-  for (let i = 0; i < out.length; i++) {
-    const ch = i % c;
-    out[i] = (ds.images[i] / 255 - mean[ch % mean.length]) / std[ch % std.length];
-  }
-  return out;
-}
-
-/** Writes one augmented copy of image `src` into `dst` at `dstOff` (HWC, zero-padded shifts). */
-function augmentInto(
-  src: Float32Array,
-  srcOff: number,
-  dst: Float32Array,
-  dstOff: number,
-  h: number,
-  w: number,
-  c: number,
-  fill: Float32Array,
-  aug: Augment,
-  rng: Rng,
-): void {
-  const dy = aug.shift > 0 ? Math.floor(rng() * (2 * aug.shift + 1)) - aug.shift : 0;
-  const dx = aug.shift > 0 ? Math.floor(rng() * (2 * aug.shift + 1)) - aug.shift : 0;
-  const flip = aug.flip && rng() < 0.5;
-  for (let y = 0; y < h; y++) {
-    const sy = y + dy;
-    for (let x = 0; x < w; x++) {
-      const sx0 = x + dx;
-      const sx = flip ? w - 1 - sx0 : sx0;
-      const o = dstOff + (y * w + x) * c;
-      if (sy < 0 || sy >= h || sx0 < 0 || sx0 >= w) {
-        for (let k = 0; k < c; k++) dst[o + k] = fill[k];
-      } else {
-        const s = srcOff + (sy * w + sx) * c;
-        for (let k = 0; k < c; k++) dst[o + k] = src[s + k];
-      }
-    }
-  }
 }
 
 /** Learning rate at a fractional epoch: linear warm-up, then cosine decay to zero. */
@@ -324,7 +276,18 @@ async function trainOwning(
           batchT.set(cfg.kd.teacherLogits.subarray(idx * classes, (idx + 1) * classes), b * classes);
       }
       const lr = learningRate(cfg, meta.epoch + meta.step / stepsPerEpoch);
-      const { loss, correct } = step(model, params, velocity, decayed, cfg, lr, batchX, batchY, batchT, rng);
+      const { loss, correct } = sgdStep(
+        model,
+        params,
+        velocity,
+        decayed,
+        cfg,
+        lr,
+        batchX,
+        batchY,
+        batchT,
+        rng,
+      );
       meta.lossSum += loss * cfg.batchSize;
       meta.correct += correct;
       meta.seen += cfg.batchSize;
@@ -414,67 +377,5 @@ function median(xs: number[]): number {
   return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-/** One SGD step; returns the batch loss and the number of correct predictions. */
-function step(
-  model: TfModel,
-  params: Array<[string, tf.Variable]>,
-  velocity: Map<string, tf.Variable>,
-  decayed: Set<string>,
-  cfg: TrainConfig,
-  lr: number,
-  batchX: Float32Array,
-  batchY: Float32Array,
-  batchT: Float32Array | null,
-  rng: Rng,
-): { loss: number; correct: number } {
-  const [h, w, c] = cfg.arch.input;
-  const b = cfg.batchSize;
-  const k = cfg.arch.classes;
-  let logitsData: Float32Array | undefined;
-  const lossValue = tf.tidy(() => {
-    const x = tf.tensor4d(batchX, [b, h, w, c]);
-    const y = tf.tensor2d(batchY, [b, k]);
-    const t = batchT && cfg.kd ? tf.tensor2d(batchT, [b, k]) : null;
-    const { value, grads } = tf.variableGrads(
-      () => {
-        const logits = model.forward(x, true, rng);
-        logitsData = logits.dataSync() as Float32Array;
-        return lossOf(logits, y, t, cfg.kd);
-      },
-      params.map(([, v]) => v),
-    );
-    model.commitBnUpdates();
-    for (const [name, v] of params) {
-      let g = grads[v.name];
-      if (decayed.has(name) && cfg.weightDecay > 0) g = tf.add(g, tf.mul(v, cfg.weightDecay));
-      const vel = velocity.get(name)!;
-      vel.assign(tf.add(tf.mul(vel, cfg.momentum), g));
-      // Nesterov: step along the gradient plus the look-ahead velocity.
-      v.assign(tf.sub(v, tf.mul(tf.add(g, tf.mul(vel, cfg.momentum)), lr)));
-    }
-    return value.dataSync()[0];
-  });
-  let correct = 0;
-  const logits = logitsData!;
-  for (let i = 0; i < b; i++) {
-    let best = 0;
-    for (let j = 1; j < k; j++) if (logits[i * k + j] > logits[i * k + best]) best = j;
-    if (batchY[i * k + best] === 1) correct++;
-  }
-  return { loss: lossValue, correct };
-}
-
-/**
- * Hard-label cross-entropy, plus Hinton's term when distilling:
- * α·CE(y, s) + β·T²·KL(softmax(t/T) ‖ softmax(s/T)); the teacher's entropy is a constant and dropped.
- */
-function lossOf(logits: tf.Tensor2D, y: tf.Tensor2D, t: tf.Tensor2D | null, kd?: Distillation): tf.Scalar {
-  const ce = tf.neg(tf.mean(tf.sum(tf.mul(y, tf.logSoftmax(logits)), 1))) as tf.Scalar;
-  if (t === null || kd === undefined) return ce;
-  const T = kd.temperature;
-  const pt = tf.softmax(tf.div(t, T));
-  const soft = tf.neg(tf.mean(tf.sum(tf.mul(pt, tf.logSoftmax(tf.div(logits, T))), 1)));
-  return tf.add(tf.mul(ce, kd.alpha), tf.mul(soft, kd.beta * T * T)) as tf.Scalar;
-}
-
-export { TfModel };
+export type { Augment };
+export { normalise, TfModel };

@@ -4,7 +4,7 @@
  * weights there; export, quantization and calibration follow in their own modules.
  */
 import { createHash } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import { ARCHS, type ArchSpec } from '../models/arch.ts';
 import { datasetHash, type ImageDataset, splitTrainVal, subset } from '../models/data/dataset.ts';
 import { loadDataset } from '../models/data/load.ts';
@@ -199,10 +199,11 @@ export async function teacherLogits(
     splits.train.width,
   ]);
   await runs.ensure();
-  await writeFile(
-    runs.path('teacher-logits.bin'),
-    new Uint8Array(logits.buffer, logits.byteOffset, logits.byteLength),
-  );
+  // Written to a private temporary name and renamed: two students started together both write
+  // the cache, and a reader must never see half of it.
+  const tmp = runs.path(`teacher-logits.bin.${process.pid}`);
+  await writeFile(tmp, new Uint8Array(logits.buffer, logits.byteOffset, logits.byteLength));
+  await rename(tmp, runs.path('teacher-logits.bin'));
   await runs.writeJson('teacher-logits.json', { key });
   return logits;
 }

@@ -3,7 +3,7 @@
  * cached teacher logits and the training history of each model, so the pipeline's steps
  * (teacher → students → quantize → calibrate) can run as separate commands.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint.ts';
@@ -60,9 +60,12 @@ export class RunDir {
     return { weights: ck.tensors, meta: ck.meta };
   }
 
+  /** Writes JSON atomically (temporary file + rename), so concurrent readers see old or new, never half. */
   async writeJson(name: string, value: unknown): Promise<void> {
     await this.ensure();
-    await writeFile(this.path(name), `${JSON.stringify(value, null, 2)}\n`);
+    const tmp = this.path(`${name}.${process.pid}.tmp`);
+    await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
+    await rename(tmp, this.path(name));
   }
 
   async readJson<T>(name: string): Promise<T | null> {

@@ -43,7 +43,9 @@ Training options (defaults per role; see distill/pipeline.ts):
   --teacher FILE.onnx                       distil from (and ship) any fp32 ONNX classifier
 
 Finalize options:
-  --calibration minmax|percentile|entropy   activation calibration (default entropy)
+  --calibration auto|minmax|percentile|entropy
+                      activation calibration; auto (finalize's default) keeps the method whose
+                      INT8 model is most accurate on validation; quantize defaults to percentile
   --calibration-samples N                   training images used to calibrate (default 2048)
   --epsilon X                               allowed cascade accuracy loss vs teacher (default 0.003)
   --qat                                     ship a student's A-qat weights (and the activation
@@ -177,7 +179,8 @@ export async function main(argv: string[]): Promise<void> {
         progress: streamProgress('finalize'),
         teacherOnnx: v.teacher,
         calibration: {
-          method: choiceOpt<CalibrationMethod>('--calibration', v.calibration, [
+          method: choiceOpt<CalibrationMethod | 'auto'>('--calibration', v.calibration, [
+            'auto',
             'minmax',
             'percentile',
             'entropy',
@@ -257,7 +260,7 @@ export async function main(argv: string[]): Promise<void> {
               'minmax',
               'percentile',
               'entropy',
-            ]) ?? 'entropy',
+            ]) ?? 'percentile',
           samples:
             numberOpt('--calibration-samples', v['calibration-samples'], { integer: true, min: 1 }) ?? 2048,
           progress: streamProgress('quantize'),

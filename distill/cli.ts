@@ -168,6 +168,17 @@ export async function main(argv: string[]): Promise<void> {
         kd: teacher ? { ...kdCfg, teacherLogits: teacher } : undefined,
       });
     };
+    const teacherStep = async (): Promise<void> => {
+      await trainStep({
+        role: 'teacher',
+        runs,
+        progress: streamProgress('teacher'),
+        shouldStop,
+        overrides,
+        backend,
+        splits,
+      });
+    };
     const finalizeStep = async (): Promise<void> => {
       const { finalize } = await import('./finalize.ts');
       const test = await loadTestSet(v.data, limit);
@@ -199,15 +210,7 @@ export async function main(argv: string[]): Promise<void> {
             '--teacher FILE.onnx replaces training the teacher; skip this step',
           );
         }
-        await trainStep({
-          role: 'teacher',
-          runs,
-          progress: streamProgress('teacher'),
-          shouldStop,
-          overrides,
-          backend,
-          splits,
-        });
+        await teacherStep();
         return;
       case 'student':
         if (arch === undefined)
@@ -270,15 +273,7 @@ export async function main(argv: string[]): Promise<void> {
       }
       case 'all':
         if (v.teacher === undefined) {
-          await trainStep({
-            role: 'teacher',
-            runs,
-            progress: streamProgress('teacher'),
-            shouldStop,
-            overrides,
-            backend,
-            splits,
-          });
+          await teacherStep();
         }
         for (const role of ['device', 'gateway'] as const) {
           await student(role, true);

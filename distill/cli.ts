@@ -143,6 +143,13 @@ export async function main(argv: string[]): Promise<void> {
   }
   if ((stepName === 'student' || stepName === 'qat') && arch === undefined)
     throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, `${stepName}: --arch device|gateway is required`);
+  if ((stepName === 'quantize' || stepName === 'calibrate') && v.model === undefined)
+    throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, `${stepName}: --model FILE.onnx is required`);
+  if (stepName === 'teacher' && v.teacher !== undefined)
+    throw new CascadeError(
+      ErrorCodes.CLI_ERR_ARGS,
+      '--teacher FILE.onnx replaces training the teacher; skip this step',
+    );
 
   let interrupted = false;
   const onSigint = (): void => {
@@ -204,12 +211,6 @@ export async function main(argv: string[]): Promise<void> {
     };
     switch (stepName) {
       case 'teacher':
-        if (v.teacher !== undefined) {
-          throw new CascadeError(
-            ErrorCodes.CLI_ERR_ARGS,
-            '--teacher FILE.onnx replaces training the teacher; skip this step',
-          );
-        }
         await teacherStep();
         return;
       case 'student':

@@ -115,6 +115,11 @@ describe('cascade: commands and arguments', () => {
     assert.match(line, /--arch/);
   });
 
+  it('distill qat without --arch and quantize without --model exit 2', () => {
+    assert.match(oneLineError(cascade('distill', 'qat', '--data', join(dir, 'nope')), 2), /--arch/);
+    assert.match(oneLineError(cascade('distill', 'quantize', '--data', join(dir, 'nope')), 2), /--model/);
+  });
+
   it('an unknown distill step exits 2, before touching the data', () => {
     const line = oneLineError(cascade('distill', 'techer', '--data', join(dir, 'nope')), 2);
     assert.match(line, /unknown step "techer"/);

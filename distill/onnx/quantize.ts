@@ -204,6 +204,32 @@ function rewrite(
   };
   emitQ(g.input.name, g.input.name);
 
+  /** A constant quantized per channel (zero points 0) behind its DequantizeLinear; returns the float name. */
+  const perChannelDq = (
+    owner: string,
+    role: 'weight' | 'bias',
+    q:
+      | { dtype: 'int8'; dims: number[]; data: Int8Array }
+      | { dtype: 'int32'; dims: number[]; data: Int32Array },
+    scale: Float32Array,
+    axis: number,
+  ): string => {
+    const qs = constant(`${owner}.${role}_quantized`, q);
+    const ss = constant(`${owner}.${role}_scale`, { dtype: 'float32', dims: [scale.length], data: scale });
+    const n = scale.length;
+    const zs = constant(
+      `${owner}.${role}_zero_point`,
+      q.dtype === 'int8'
+        ? { dtype: 'int8', dims: [n], data: new Int8Array(n) }
+        : { dtype: 'int32', dims: [n], data: new Int32Array(n) },
+    );
+    const dq = fresh(`${owner}.${role}_dequantized`);
+    node('DequantizeLinear', `${owner}_${role}_DequantizeLinear`, [qs, ss, zs], dq, {
+      axis: { type: 'int', value: axis },
+    });
+    return dq;
+  };
+
   for (const n of g.nodes) {
     const inputs = n.inputs.map((t, k) => {
       if (!t) return t;
@@ -223,22 +249,7 @@ function rewrite(
         // MatMul B [K, N] per column.
         const axis = n.op === 'MatMul' ? Math.max(w.dims.length - 1, 0) : 0;
         const { q, scale } = quantizeWeight(w, axis);
-        const qs = constant(`${n.name}.weight_quantized`, { dtype: 'int8', dims: w.dims, data: q });
-        const ss = constant(`${n.name}.weight_scale`, {
-          dtype: 'float32',
-          dims: [scale.length],
-          data: scale,
-        });
-        const zs = constant(`${n.name}.weight_zero_point`, {
-          dtype: 'int8',
-          dims: [scale.length],
-          data: new Int8Array(scale.length),
-        });
-        const dq = fresh(`${n.name}.weight_dequantized`);
-        node('DequantizeLinear', `${n.name}_weight_DequantizeLinear`, [qs, ss, zs], dq, {
-          axis: { type: 'int', value: axis },
-        });
-        return dq;
+        return perChannelDq(n.name, 'weight', { dtype: 'int8', dims: w.dims, data: q }, scale, axis);
       }
       const biasSlot = (n.op === 'Conv' || n.op === 'Gemm') && k === 2 && flavour === 'qdq-cpu';
       if (biasSlot) {
@@ -249,18 +260,7 @@ function rewrite(
         const qb = Int32Array.from(w.data, (b, c) =>
           Math.max(-(2 ** 31), Math.min(2 ** 31 - 1, Math.round(b / sB[c]))),
         );
-        const qs = constant(`${n.name}.bias_quantized`, { dtype: 'int32', dims: w.dims, data: qb });
-        const ss = constant(`${n.name}.bias_scale`, { dtype: 'float32', dims: [sB.length], data: sB });
-        const zs = constant(`${n.name}.bias_zero_point`, {
-          dtype: 'int32',
-          dims: [sB.length],
-          data: new Int32Array(sB.length),
-        });
-        const dq = fresh(`${n.name}.bias_dequantized`);
-        node('DequantizeLinear', `${n.name}_bias_DequantizeLinear`, [qs, ss, zs], dq, {
-          axis: { type: 'int', value: 0 },
-        });
-        return dq;
+        return perChannelDq(n.name, 'bias', { dtype: 'int32', dims: w.dims, data: qb }, sB, 0);
       }
       out.consts.set(t, w);
       return t;

@@ -28,6 +28,12 @@ export const ErrorCodes = {
   TRAIN_ERR_INTERRUPTED: 'TRAIN_ERR_INTERRUPTED',
   /** A dataset does not fit a model: image size, channels or classes differ from its card. */
   DATA_ERR_MISMATCH: 'DATA_ERR_MISMATCH',
+  /** A policy config or policy file is invalid (every schema violation is listed). */
+  POLICY_ERR_CONFIG: 'POLICY_ERR_CONFIG',
+  /** A model card cannot drive the policy engine (wrong tier, no reliability table). */
+  POLICY_ERR_CARD: 'POLICY_ERR_CARD',
+  /** A network trace file is missing, empty or not in the format its loader expects. */
+  TRACE_ERR_FORMAT: 'TRACE_ERR_FORMAT',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

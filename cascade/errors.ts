@@ -34,6 +34,32 @@ export const ErrorCodes = {
   POLICY_ERR_CARD: 'POLICY_ERR_CARD',
   /** A network trace file is missing, empty or not in the format its loader expects. */
   TRACE_ERR_FORMAT: 'TRACE_ERR_FORMAT',
+  /** OTA metadata is signed by too few trusted keys (bad signature, unknown key, threshold not met). */
+  OTA_ERR_SIGNATURE_INVALID: 'OTA_ERR_SIGNATURE_INVALID',
+  /** OTA metadata or a model release is older than one already trusted (rollback attack). */
+  OTA_ERR_ROLLBACK: 'OTA_ERR_ROLLBACK',
+  /** OTA metadata has expired (freeze attack, or a repository nobody re-signed in time). */
+  OTA_ERR_EXPIRED: 'OTA_ERR_EXPIRED',
+  /** OTA metadata files disagree: versions, lengths or hashes do not match (mix-and-match). */
+  OTA_ERR_MISMATCH: 'OTA_ERR_MISMATCH',
+  /** Downloaded bytes exceed the length their signed metadata allows (endless-data attack). */
+  OTA_ERR_TOO_LARGE: 'OTA_ERR_TOO_LARGE',
+  /** A downloaded target's length or sha256 differs from its signed metadata (tampered bytes). */
+  OTA_ERR_TARGET_HASH: 'OTA_ERR_TARGET_HASH',
+  /** OTA metadata is malformed: not JSON, missing fields, wrong types. */
+  OTA_ERR_METADATA_INVALID: 'OTA_ERR_METADATA_INVALID',
+  /** A model target does not fit this device: hardware class, tier or card disagree with the manifest. */
+  OTA_ERR_HARDWARE_MISMATCH: 'OTA_ERR_HARDWARE_MISMATCH',
+  /** The OTA repository could not be reached or answered with an HTTP error. */
+  OTA_ERR_DOWNLOAD: 'OTA_ERR_DOWNLOAD',
+  /** A signing key file is missing, unreadable, readable by others, or of the wrong kind. */
+  OTA_ERR_KEY: 'OTA_ERR_KEY',
+  /** The OTA repository workspace is inconsistent or not ready to publish (e.g. unsigned roles). */
+  OTA_ERR_REPO: 'OTA_ERR_REPO',
+  /** A newly installed model failed its health check and was rolled back. */
+  OTA_ERR_HEALTH_CHECK: 'OTA_ERR_HEALTH_CHECK',
+  /** The model store on the device is damaged or an install step failed. */
+  OTA_ERR_INSTALL: 'OTA_ERR_INSTALL',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

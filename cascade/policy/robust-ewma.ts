@@ -1,0 +1,132 @@
+/**
+ * A robust running estimate of one noisy quantity: an EWMA of the mean and of the mean absolute
+ * deviation (TCP's SRTT/RTTVAR, RFC 6298), with outliers clipped to `outlierK` deviations so one
+ * spike barely moves it, and a step-change detector: `changeCount` outliers on the same side
+ * within `changeWindowMs` mean the level moved, and the estimate restarts from those samples.
+ * Pure: times come from the caller.
+ */
+
+/** Settings of a {@link RobustEwma}; see PolicyConfig.estimator for the defaults. */
+export interface RobustEwmaOptions {
+  alpha: number;
+  beta: number;
+  outlierK: number;
+  changeCount: number;
+  changeWindowMs: number;
+  /** Floor of the deviation, in the quantity's unit. */
+  minDeviation: number;
+}
+
+/** What {@link RobustEwma.update} did with a sample. */
+export type SampleFate = 'first' | 'inlier' | 'clipped' | 'change';
+
+interface Outlier {
+  at: number;
+  value: number;
+  side: 1 | -1;
+}
+
+export class RobustEwma {
+  #opts: RobustEwmaOptions;
+  #mean = 0;
+  #dev = 0;
+  #count = 0;
+  #lastAt: number | null = null;
+  #changes = 0;
+  #outliers: Outlier[] = [];
+
+  constructor(opts: RobustEwmaOptions) {
+    this.#opts = { ...opts };
+  }
+
+  /** Replaces the settings; the current estimate is kept. */
+  setOptions(opts: RobustEwmaOptions): void {
+    this.#opts = { ...opts };
+  }
+
+  /** Samples seen (0 = nothing known). */
+  get count(): number {
+    return this.#count;
+  }
+
+  get mean(): number {
+    return this.#mean;
+  }
+
+  /** Mean absolute deviation, at least the configured floor. */
+  get deviation(): number {
+    return Math.max(this.#dev, this.#opts.minDeviation);
+  }
+
+  /** Time of the last sample, or null before the first. */
+  get lastAt(): number | null {
+    return this.#lastAt;
+  }
+
+  /** Step changes detected so far. */
+  get changes(): number {
+    return this.#changes;
+  }
+
+  /**
+   * Adds a sample taken at time `at` (ms).
+   * @param lowerBound the true value is at least `value` (a censored sample, e.g. a timeout): it
+   *   only ever counts as a high-side outlier or raises the mean.
+   * @param initialDeviation deviation to start from when this is the first sample; default
+   *   half the sample's magnitude.
+   * @returns how the sample was used.
+   */
+  update(at: number, value: number, lowerBound = false, initialDeviation?: number): SampleFate {
+    if (!Number.isFinite(value)) throw new RangeError(`sample must be finite, received ${value}`);
+    const o = this.#opts;
+    this.#lastAt = at;
+    if (this.#count === 0) {
+      this.#count = 1;
+      this.#mean = value;
+      this.#dev = Math.max(initialDeviation ?? Math.abs(value) / 2, o.minDeviation);
+      return 'first';
+    }
+    this.#count++;
+    const bound = o.outlierK * this.deviation;
+    let r = value - this.#mean;
+    if (lowerBound && r < bound) r = bound * 1.000001; // a timeout is never good news
+    if (Math.abs(r) <= bound) {
+      this.#outliers.length = 0;
+      this.#step(r);
+      return 'inlier';
+    }
+    const side: 1 | -1 = r > 0 ? 1 : -1;
+    const recent = this.#outliers.filter((x) => x.side === side && at - x.at <= o.changeWindowMs);
+    recent.push({ at, value: lowerBound ? Math.max(value, this.#mean + r) : value, side });
+    this.#outliers = recent;
+    if (recent.length >= o.changeCount) {
+      // The level moved: restart from the outlying samples instead of creeping towards them.
+      const values = recent.map((x) => x.value);
+      const m = values.reduce((a, b) => a + b, 0) / values.length;
+      const spread = values.reduce((a, b) => a + Math.abs(b - m), 0) / values.length;
+      this.#mean = m;
+      // Keep some of the old uncertainty: two samples say little about the new spread.
+      this.#dev = Math.max(spread, this.#dev, Math.abs(m) / 4, o.minDeviation);
+      this.#outliers = [];
+      this.#changes++;
+      return 'change';
+    }
+    this.#step(side * bound);
+    return 'clipped';
+  }
+
+  #step(r: number): void {
+    const o = this.#opts;
+    this.#mean += o.alpha * r;
+    this.#dev += o.beta * (Math.abs(r) - this.#dev);
+  }
+
+  /** Forgets everything. */
+  reset(): void {
+    this.#mean = 0;
+    this.#dev = 0;
+    this.#count = 0;
+    this.#lastAt = null;
+    this.#outliers = [];
+  }
+}

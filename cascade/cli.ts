@@ -23,6 +23,10 @@ const COMMANDS: Record<string, Command> = {
     summary: 'evaluate every tier and the cascade on the bundled sample or a dataset (--data DIR, --json)',
     run: async (argv) => (await import('../distill/eval-cli.ts')).main(argv),
   },
+  ota: {
+    summary: 'signed model updates: keygen, init, add-target, sign, publish, verify, status (TUF)',
+    run: async (argv) => (await import('../ota/cli.ts')).main(argv),
+  },
 };
 
 function usage(): string {

@@ -11,6 +11,14 @@ import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 import { type InputSpec, type ModelCard, Tier } from '../models/card.ts';
 import { canonicalize } from './canonical.ts';
 
+/** MQTT topic on which publishers announce a new repository state (a hint: devices then refresh). */
+export const ANNOUNCE_TOPIC = 'cascade/v1/ota/announce';
+
+/** MQTT topic of a device's OTA status (retained). */
+export function statusTopic(deviceId: string): string {
+  return `cascade/v1/${deviceId}/ota/status`;
+}
+
 const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
 /**
  * A finite number as its shortest round-trip decimal string. TUF signs canonical JSON in the

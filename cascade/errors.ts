@@ -60,6 +60,16 @@ export const ErrorCodes = {
   OTA_ERR_HEALTH_CHECK: 'OTA_ERR_HEALTH_CHECK',
   /** The model store on the device is damaged or an install step failed. */
   OTA_ERR_INSTALL: 'OTA_ERR_INSTALL',
+  /** A native addon is not built or does not load (the message lists each candidate and the fix). */
+  NATIVE_ERR_UNAVAILABLE: 'NATIVE_ERR_UNAVAILABLE',
+  /** A native call got bad arguments (set on the TypeError/RangeError the addon throws). */
+  NATIVE_ERR_INVALID_ARG: 'NATIVE_ERR_INVALID_ARG',
+  /** TensorRT could not parse the ONNX model or build an engine from it. */
+  NATIVE_ERR_TRT_BUILD: 'NATIVE_ERR_TRT_BUILD',
+  /** A TensorRT engine failed at run time (CUDA error, enqueue failure, engine disposed). */
+  NATIVE_ERR_TRT_RUNTIME: 'NATIVE_ERR_TRT_RUNTIME',
+  /** No inference engine could be started (every backend's failure is listed). */
+  ENGINE_ERR_UNAVAILABLE: 'ENGINE_ERR_UNAVAILABLE',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

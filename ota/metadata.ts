@@ -240,6 +240,9 @@ function isObject(v: unknown): v is Record<string, unknown> {
  * @throws {CascadeError} OTA_ERR_METADATA_INVALID for anything @tufjs/models rejects.
  */
 export function parseMetadata(kind: MetadataKind.Root | 'root', json: unknown, where: string): Metadata<Root>;
+export function parseMetadata(kind: 'targets', json: unknown, where: string): Metadata<Targets>;
+export function parseMetadata(kind: 'snapshot', json: unknown, where: string): Metadata<Snapshot>;
+export function parseMetadata(kind: 'timestamp', json: unknown, where: string): Metadata<Timestamp>;
 export function parseMetadata(kind: string, json: unknown, where: string): AnyMetadata;
 export function parseMetadata(kind: string, json: unknown, where: string): AnyMetadata {
   try {

@@ -1,0 +1,192 @@
+/**
+ * The one place that loads native addons (onnxruntime's binding.ts pattern): it declares their
+ * surface as TypeScript interfaces, tries each candidate binary, gathers every failure, and
+ * explains in one message what is missing and how to fix it (sharp's loader). Nothing else in
+ * the project requires a `.node` file.
+ *
+ * Candidates, first found wins:
+ * - `CASCADE_NATIVE_PATH` (preprocessing) / `CASCADE_TENSORRT_PATH` (TensorRT): when set, only
+ *   that file is tried, so a sanitizer or debug build is never silently replaced by the default;
+ * - native/build/{Release,RelWithDebInfo,Debug}/<name>.node, as built by `npm install` or
+ *   `npm run build:native`.
+ *
+ * Like sharp's and onnxruntime's loaders, this module reads its environment variables itself:
+ * the binary has to be chosen before any entry point could pass one in.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+
+/** Surface of cascade_native.node (native/src/addon.cc). */
+export interface PreprocessBinding {
+  /** [sync] Runs the kernel on the calling thread. @throws {TypeError|RangeError} code NATIVE_ERR_INVALID_ARG. */
+  preprocessSync(
+    src: Uint8Array,
+    out: Float32Array | Uint8Array | Int8Array,
+    xIdx: Int32Array,
+    xW: Int32Array,
+    yIdx: Int32Array,
+    yW: Int32Array,
+    ints: Int32Array,
+    floats: Float64Array,
+  ): void;
+  /** [async] Same, on the libuv thread pool; the buffers must not be transferred until it settles. */
+  preprocess(
+    src: Uint8Array,
+    out: Float32Array | Uint8Array | Int8Array,
+    xIdx: Int32Array,
+    xW: Int32Array,
+    yIdx: Int32Array,
+    yW: Int32Array,
+    ints: Int32Array,
+    floats: Float64Array,
+  ): Promise<void>;
+  readonly info: { napiVersion: number; sanitizers: string; intParams: number; floatParams: number };
+}
+
+/** Outcome of loading one addon: the binding, where it came from, or why not. */
+export interface LoadResult<T> {
+  binding: T | null;
+  /** The file loaded. */
+  path: string | null;
+  /** One line per candidate that failed (empty when the first candidate loaded). */
+  failures: string[];
+}
+
+const BUILD_CONFIGS = ['Release', 'RelWithDebInfo', 'Debug'];
+
+function firstLine(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).split('\n')[0];
+}
+
+function load<T>(name: string, envVar: string, check: (b: unknown) => b is T): LoadResult<T> {
+  const override = process.env[envVar];
+  const candidates = override
+    ? [resolve(override)]
+    : BUILD_CONFIGS.map((c) => join(here, 'build', c, `${name}.node`));
+  const failures: string[] = [];
+  for (const file of candidates) {
+    if (!existsSync(file)) {
+      failures.push(`${file}: not found${override ? ` (from ${envVar})` : ''}`);
+      continue;
+    }
+    try {
+      const b: unknown = require(file);
+      if (check(b)) return { binding: b, path: file, failures };
+      failures.push(
+        `${file}: loaded, but it is not a compatible ${name} (rebuild with npm run build:native)`,
+      );
+    } catch (err) {
+      const why = firstLine(err);
+      const hint = /undefined symbol: __(asan|ubsan)/.test(why)
+        ? ' (a sanitizer build: preload libasan, see npm run test:native-asan)'
+        : '';
+      failures.push(`${file}: ${why}${hint}`);
+    }
+  }
+  return { binding: null, path: null, failures };
+}
+
+function isPreprocessBinding(b: unknown): b is PreprocessBinding {
+  const o = b as Partial<PreprocessBinding> | null;
+  return (
+    typeof o?.preprocess === 'function' &&
+    typeof o.preprocessSync === 'function' &&
+    o.info?.intParams === 22 &&
+    o.info.floatParams === 11
+  );
+}
+
+let preprocessResult: LoadResult<PreprocessBinding> | undefined;
+
+/** Loads cascade_native.node once; later calls return the same result. Never throws. */
+export function loadPreprocessBinding(): LoadResult<PreprocessBinding> {
+  preprocessResult ??= load('cascade_native', 'CASCADE_NATIVE_PATH', isPreprocessBinding);
+  return preprocessResult;
+}
+
+/** True when the native preprocessing kernel is built and loads. */
+export function isNativeAvailable(): boolean {
+  return loadPreprocessBinding().binding !== null;
+}
+
+/**
+ * The native preprocessing binding.
+ * @throws {CascadeError} NATIVE_ERR_UNAVAILABLE listing every candidate tried and the fixes.
+ */
+export function preprocessBinding(): PreprocessBinding {
+  const r = loadPreprocessBinding();
+  if (r.binding) return r.binding;
+  throw new CascadeError(
+    ErrorCodes.NATIVE_ERR_UNAVAILABLE,
+    `native preprocessing kernel unavailable: ${r.failures.join('; ')}. ` +
+      'Build it with `npm run build:native` (needs cmake and a C++17 compiler), ' +
+      'or set CASCADE_NATIVE_PATH to a built cascade_native.node',
+  );
+}
+
+/** Surface of cascade_tensorrt.node (native/tensorrt/); see native/tensorrt.ts for the contract. */
+export interface TensorRtBinding {
+  /** TensorRT version the binding was built against, e.g. "10.7.0". */
+  readonly tensorrtVersion: string;
+  /** [sync] CUDA devices visible; 0 when no GPU or driver. */
+  deviceCount(): number;
+  /** [sync] Name of device `index`. */
+  deviceName(index: number): string;
+  /**
+   * [async] Builds (or loads from `cachePath` when present and valid) a serialized engine from
+   * ONNX bytes. Resolves to an opaque engine handle.
+   */
+  loadEngine(options: TensorRtEngineOptions): Promise<TensorRtEngineHandle>;
+}
+
+/** Options of {@link TensorRtBinding.loadEngine}; validated in native/tensorrt.ts. */
+export interface TensorRtEngineOptions {
+  onnx: Uint8Array;
+  /** Serialized engine cache file; written after a build, read when it exists. */
+  cachePath: string;
+  device: number;
+  /** Enable INT8 (explicit quantization from the QDQ graph) and FP16 fallback. */
+  int8: boolean;
+  fp16: boolean;
+  inputName: string;
+  outputName: string;
+  /** Per-sample input dims (C, H, W or H, W, C); the batch dimension is dynamic. */
+  sampleDims: number[];
+  /** Optimization profile batch sizes. */
+  minBatch: number;
+  optBatch: number;
+  maxBatch: number;
+  /** Execution contexts (each with its own CUDA stream and pinned buffers). */
+  contexts: number;
+  workspaceBytes: number;
+}
+
+/** A loaded engine. */
+export interface TensorRtEngineHandle {
+  /** [async] Copies `input` (n samples) to the GPU, enqueues, copies `output` (n × classes) back. */
+  run(input: Float32Array, n: number, output: Float32Array): Promise<void>;
+  /** [sync] Frees contexts, streams and buffers; idempotent. */
+  dispose(): void;
+  readonly outputSize: number;
+  /** True when the engine came from the cache file rather than a build. */
+  readonly fromCache: boolean;
+}
+
+function isTensorRtBinding(b: unknown): b is TensorRtBinding {
+  const o = b as Partial<TensorRtBinding> | null;
+  return typeof o?.loadEngine === 'function' && typeof o.deviceCount === 'function';
+}
+
+let tensorRtResult: LoadResult<TensorRtBinding> | undefined;
+
+/** Loads cascade_tensorrt.node once (built only where TensorRT and CUDA were found). Never throws. */
+export function loadTensorRtBinding(): LoadResult<TensorRtBinding> {
+  tensorRtResult ??= load('cascade_tensorrt', 'CASCADE_TENSORRT_PATH', isTensorRtBinding);
+  return tensorRtResult;
+}

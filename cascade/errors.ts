@@ -70,6 +70,22 @@ export const ErrorCodes = {
   NATIVE_ERR_TRT_RUNTIME: 'NATIVE_ERR_TRT_RUNTIME',
   /** No inference engine could be started (every backend's failure is listed). */
   ENGINE_ERR_UNAVAILABLE: 'ENGINE_ERR_UNAVAILABLE',
+  /** A service config (file, environment or flags) is invalid; every violation is listed. */
+  CFG_ERR_INVALID: 'CFG_ERR_INVALID',
+  /** A gateway request is malformed (HTTP 400): bad tensor shape, datatype, or body. */
+  GW_ERR_BAD_REQUEST: 'GW_ERR_BAD_REQUEST',
+  /** A request names a model this service does not serve (HTTP 404). */
+  GW_ERR_MODEL_NOT_FOUND: 'GW_ERR_MODEL_NOT_FOUND',
+  /** Admission control refused a request: the queue's expected wait exceeds its budget (HTTP 429). */
+  GW_ERR_OVERLOADED: 'GW_ERR_OVERLOADED',
+  /** A request's latency budget ran out before it was served (HTTP 504). */
+  GW_ERR_EXPIRED: 'GW_ERR_EXPIRED',
+  /** The service is shutting down or not ready (HTTP 503). */
+  GW_ERR_UNAVAILABLE: 'GW_ERR_UNAVAILABLE',
+  /** The cloud teacher failed, timed out or answered with an error. */
+  CLOUD_ERR_UPSTREAM: 'CLOUD_ERR_UPSTREAM',
+  /** A cloud request has no or a wrong bearer token (HTTP 401). */
+  CLOUD_ERR_UNAUTHORIZED: 'CLOUD_ERR_UNAUTHORIZED',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -1,0 +1,43 @@
+/**
+ * The operational routes every tier serves, as one fastify plugin: `/metrics` (Prometheus text
+ * from the service's registry), `/healthz` (liveness: the process answers) and `/readyz`
+ * (readiness from a callback: model loaded, broker connected, not draining).
+ */
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
+import type { Registry } from 'prom-client';
+
+/** What a readiness check reports. */
+export interface Readiness {
+  ready: boolean;
+  /** Why not ready (or extra facts), shown in the body. */
+  detail?: Record<string, unknown>;
+}
+
+/** Options of {@link opsRoutes}. */
+export interface OpsOptions {
+  registry: Registry;
+  /** Readiness; default always ready. May be async. */
+  ready?: () => Readiness | Promise<Readiness>;
+  /** Serve `/metrics`; default true. */
+  metrics?: boolean;
+}
+
+/**
+ * Adds `/metrics`, `/healthz` and `/readyz`. `/readyz` answers 200 `{ready: true}` or 503
+ * `{ready: false, ...detail}`.
+ */
+export const opsRoutes: FastifyPluginAsync<OpsOptions> = async (app: FastifyInstance, opts: OpsOptions) => {
+  const ready = opts.ready ?? ((): Readiness => ({ ready: true }));
+  if (opts.metrics ?? true) {
+    app.get('/metrics', async (_req, reply) => {
+      reply.header('content-type', opts.registry.contentType);
+      return opts.registry.metrics();
+    });
+  }
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    const r = await ready();
+    reply.code(r.ready ? 200 : 503);
+    return { ready: r.ready, ...r.detail };
+  });
+};

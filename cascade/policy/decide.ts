@@ -4,9 +4,10 @@
  * whether a probe is due. {@link PolicyEngine} gathers those; tests call this directly.
  *
  * For every allowed payload p: P(answer within the budget) from a normal approximation of the
- * round trip (propagation + bytes × time per kB + remote queue + service), and the utility
- * P(in time) × (gain − loss_p) − cost_per_MB × MB_p. Offload with the best payload whose
- * P(in time) meets the target, when its utility beats `minGain` and the byte budget has room.
+ * round trip (propagation + bytes × time per kB + remote queue + service, its error calibrated
+ * on past transfers), and the utility P(in time) × (gain − loss_p) − P(late) × missCost −
+ * cost_per_MB × MB_p. Offload with the best payload whose P(in time) meets the target and whose
+ * mean round trip fits, when its utility beats `minGain` and the byte budget has room.
  * Every input moves the decision one way only: a higher confidence never makes offloading more
  * likely, a larger budget or bandwidth never less (the property tests check this).
  */
@@ -15,6 +16,7 @@ import { PRIVATE_PAYLOADS } from './config.ts';
 import { type GainCurve, gainAt } from './gain.ts';
 import type { LinkEstimate } from './link-estimator.ts';
 import type { LoadEstimate } from './load-estimator.ts';
+import { normalCdf } from './normal.ts';
 import { type ReasonCode, Reasons } from './reasons.ts';
 
 /** What the caller knows about one frame. */
@@ -50,7 +52,7 @@ export interface Candidate {
   pDeadline: number;
   /** gain − payload loss − byte cost, i.e. the utility if the answer is surely in time. */
   netGain: number;
-  /** pDeadline × (gain − loss) − byte cost. */
+  /** pDeadline × (gain − loss) − (1 − pDeadline) × missCost − byte cost. */
   utility: number;
 }
 
@@ -65,8 +67,15 @@ export interface DecisionInputs {
   config: Readonly<PolicyConfig>;
   /** Bytes the token bucket can spend now; Infinity when unlimited. */
   bucketBytes: number;
-  /** A probe is due (the link has been silent long enough). */
+  /** A probe is due (the link has been silent long enough and a miss can be afforded). */
   probeDue: boolean;
+  /**
+   * Smallest P(in time) an offload needs now; default `config.deadlineTarget`. The engine raises
+   * it towards 1 while its miss allowance is spent.
+   */
+  pFloor?: number;
+  /** Calibrated distribution of the standardised round-trip error; default the normal CDF. */
+  cdf?: (q: number) => number;
 }
 
 /** {@link PolicyDecision} with the evaluated candidates and accuracies, for debug logs. */
@@ -76,23 +85,13 @@ export interface DecisionDetail extends PolicyDecision {
   remoteAccuracy: number | null;
 }
 
-/** Standard normal CDF (Abramowitz–Stegun 7.1.26 on erf; |error| < 1.5e-7). */
-export function normalCdf(z: number): number {
-  if (z === Number.POSITIVE_INFINITY) return 1;
-  if (z === Number.NEGATIVE_INFINITY) return 0;
-  const x = Math.abs(z) / Math.SQRT2;
-  const t = 1 / (1 + 0.3275911 * x);
-  const poly =
-    t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-  const erf = 1 - poly * Math.exp(-x * x);
-  return z >= 0 ? 0.5 * (1 + erf) : 0.5 * (1 - erf);
-}
-
 /** Floor of the predicted round trip's standard deviation, ms (clock resolution). */
 const MIN_SD_MS = 0.5;
 
 /**
  * Predicted round trip of `bytes` and P(it completes within `budgetMs`).
+ * @param cdf distribution of the standardised error of the prediction; default the normal
+ *   (the engine passes its calibrated one, see TailCalibrator).
  * @returns mean, sd (ms) and the probability; 0 when the budget is not positive.
  */
 export function deadlineProbability(
@@ -100,6 +99,7 @@ export function deadlineProbability(
   budgetMs: number,
   link: LinkEstimate,
   load: LoadEstimate,
+  cdf: (q: number) => number = normalCdf,
 ): { meanMs: number; sdMs: number; p: number } {
   const kb = bytes / 1000;
   const meanMs = link.rttMs + kb * link.msPerKB + load.queueMs + load.serviceMs;
@@ -107,7 +107,7 @@ export function deadlineProbability(
     MIN_SD_MS,
     Math.sqrt((kb * link.msPerKBSd) ** 2 + load.queueSdMs ** 2 + load.serviceSdMs ** 2),
   );
-  const p = budgetMs > 0 ? normalCdf((budgetMs - meanMs) / sdMs) : 0;
+  const p = budgetMs > 0 ? cdf((budgetMs - meanMs) / sdMs) : 0;
   return { meanMs, sdMs, p };
 }
 
@@ -143,18 +143,11 @@ export function decideFrame(inp: DecisionInputs): DecisionDetail {
   const below = facts.confidence < inp.accept;
   const candidates: Candidate[] = allowed.map((payload) => {
     const bytes = facts.payloadBytes[payload] as number;
-    const { meanMs, sdMs, p } = deadlineProbability(bytes, facts.budgetLeftMs, inp.link, inp.load);
+    const { meanMs, sdMs, p } = deadlineProbability(bytes, facts.budgetLeftMs, inp.link, inp.load, inp.cdf);
     const effective = (g === null ? (below ? 1 : 0) : gain) - (config.payloadAccuracyLoss[payload] ?? 0);
     const cost = (config.costPerMB * bytes) / 1e6;
-    return {
-      payload,
-      bytes,
-      meanMs,
-      sdMs,
-      pDeadline: p,
-      netGain: effective - cost,
-      utility: p * effective - cost,
-    };
+    const utility = p * effective - (1 - p) * config.missCost - cost;
+    return { payload, bytes, meanMs, sdMs, pDeadline: p, netGain: effective - cost, utility };
   });
   const detail = { ...base, candidates };
   const bestNet = Math.max(...candidates.map((c) => c.netGain));
@@ -172,14 +165,21 @@ export function decideFrame(inp: DecisionInputs): DecisionDetail {
   if (!inp.link.known) {
     // Nothing measured yet (or too long ago): the threshold rule, and the answers it brings back
     // teach the estimator.
+    // Above the threshold a worthwhile frame may still probe the link, so it becomes known.
     const pick = worthwhile.filter(fits).sort((a, b) => a.bytes - b.bytes)[0];
-    if (!below) return { ...detail, ...local(Reasons.LOCAL_UNKNOWN, Number.NaN, gain) };
+    if (!below && !(inp.probeDue && pick !== undefined)) {
+      return { ...detail, ...local(Reasons.LOCAL_UNKNOWN, Number.NaN, gain) };
+    }
     if (pick === undefined) return { ...detail, ...local(Reasons.LOCAL_BUDGET, Number.NaN, gain) };
-    return { ...offload(detail, pick, Reasons.OFFLOAD_THRESHOLD, gain), pDeadline: Number.NaN };
+    const reason = below ? Reasons.OFFLOAD_THRESHOLD : Reasons.OFFLOAD_PROBE;
+    return { ...offload(detail, pick, reason, gain), pDeadline: Number.NaN };
   }
+  const floor = inp.pFloor ?? config.deadlineTarget;
   const inTime = candidates.filter(
     (c) =>
-      c.pDeadline >= config.deadlineTarget && (c.utility > config.minGain || ((g === null || tie) && below)),
+      c.pDeadline >= floor &&
+      c.meanMs <= facts.budgetLeftMs &&
+      (c.utility > config.minGain || ((g === null || tie) && below)),
   );
   const chosen = inTime.filter(fits).sort(byUtility)[0];
   if (chosen !== undefined) return offload(detail, chosen, Reasons.OFFLOAD_GAIN, gain);

@@ -13,11 +13,26 @@ import {
   type PolicyConfig,
   type PolicyConfigPatch,
 } from './config.ts';
-import { type DecisionDetail, decideFrame, type FrameFacts, type PolicyDecision } from './decide.ts';
+import {
+  type DecisionDetail,
+  deadlineProbability,
+  decideFrame,
+  type FrameFacts,
+  type PolicyDecision,
+} from './decide.ts';
 import { type GainCurve, gainCurve } from './gain.ts';
 import { type LinkEstimate, LinkEstimator } from './link-estimator.ts';
 import { type LoadEstimate, LoadEstimator } from './load-estimator.ts';
 import { ENGINE_REASONS } from './reasons.ts';
+import { TailCalibrator } from './tail-calibrator.ts';
+
+function tailOptions(c: PolicyConfig) {
+  return {
+    halfLifeMs: c.estimator.tailHalfLifeMs,
+    prior: c.estimator.tailPrior,
+    capacity: c.estimator.tailCapacity,
+  };
+}
 
 /** One answer from the next tier, as the caller measured it. */
 export interface TransferObservation {
@@ -83,6 +98,7 @@ export class PolicyEngine {
   #curve!: GainCurve;
   #link: LinkEstimator;
   #load: LoadEstimator;
+  #tail: TailCalibrator;
   #tokens = 0;
   #tokensAt: number;
   #lastHeard = Number.NEGATIVE_INFINITY;
@@ -90,6 +106,8 @@ export class PolicyEngine {
   /** Consecutive misses since the last answer: probes back off exponentially while it grows. */
   #missRun = 0;
   #lastBudget: number | null = null;
+  /** Deadline misses this tier can still afford (see PolicyConfig.deadlineHitGoal). */
+  #missTokens: number;
   #reasons = new Map<string, number>();
   #listeners = new Set<DecisionListener>();
 
@@ -105,9 +123,11 @@ export class PolicyEngine {
     this.#config = this.#base;
     this.#link = new LinkEstimator(this.#config.estimator);
     this.#load = new LoadEstimator(this.#config.estimator);
+    this.#tail = new TailCalibrator(tailOptions(this.#config));
     this.setCard(opts.card);
     this.#tokensAt = this.#now();
     this.#tokens = this.#capacity();
+    this.#missTokens = this.#config.missBurst;
     for (const r of ENGINE_REASONS) this.#reasons.set(r, 0);
   }
 
@@ -153,6 +173,7 @@ export class PolicyEngine {
     this.#tokens = Math.min(this.#tokens, this.#capacity());
     this.#link.setConfig(next.estimator);
     this.#load.setConfig(next.estimator);
+    this.#tail.setOptions(tailOptions(next));
     this.#curve = gainCurve(this.#card, next.minBinSamples);
   }
 
@@ -190,6 +211,8 @@ export class PolicyEngine {
    */
   decide(f: FrameFacts): PolicyDecision {
     const d = this.explain(f);
+    const goal = this.#config.deadlineHitGoal;
+    if (goal > 0) this.#missTokens = Math.min(this.#config.missBurst, this.#missTokens + (1 - goal));
     if (d.offload && d.payload !== null) {
       const bytes = f.payloadBytes[d.payload] ?? 0;
       this.#tokens -= bytes;
@@ -219,7 +242,11 @@ export class PolicyEngine {
     this.#refill();
     const now = this.#now();
     const interval = this.#config.probeIntervalMs * 2 ** Math.min(this.#missRun, 4);
-    const probeDue = now - this.#lastHeard >= interval && now - this.#lastProbe >= interval;
+    const c = this.#config;
+    // With less than one miss left in the allowance, only offloads sure to be in time go.
+    const spare = c.deadlineHitGoal > 0 ? Math.max(0, Math.min(1, this.#missTokens)) : 1;
+    const pFloor = 1 - (1 - c.deadlineTarget) * spare;
+    const probeDue = spare >= 1 && now - this.#lastHeard >= interval && now - this.#lastProbe >= interval;
     return decideFrame({
       facts: f,
       curve: this.#curve,
@@ -229,16 +256,27 @@ export class PolicyEngine {
       config: this.#config,
       bucketBytes: this.#tokens,
       probeDue,
+      pFloor,
+      cdf: this.#tail.view(now),
     });
   }
 
   /** An answer arrived: feeds the link (network part of the round trip) and load estimators. */
   observe(o: TransferObservation): void {
     const network = o.rttMs - o.queueMs - o.serviceMs - (o.forwardMs ?? 0);
+    const late = this.#lastBudget !== null && o.rttMs > this.#lastBudget;
+    const link = this.#link.estimate(o.at);
+    if (link.known && !late) {
+      // How far off the prediction was, in predicted standard deviations (a late answer was
+      // already counted as a miss).
+      const pred = deadlineProbability(o.bytes, 0, link, this.#load.estimate(o.at));
+      this.#tail.add(o.at, (o.rttMs - (o.forwardMs ?? 0) - pred.meanMs) / pred.sdMs);
+    }
     this.#link.observe(o.at, o.bytes, network);
     this.#load.observe(o.at, o.queueMs, o.serviceMs);
     this.#lastHeard = Math.max(this.#lastHeard, o.at);
-    this.#missRun = 0;
+    // A late answer to a missed offload is information, not a success: the backoff stays.
+    if (this.#lastBudget === null || o.rttMs <= this.#lastBudget) this.#missRun = 0;
   }
 
   /**
@@ -252,6 +290,8 @@ export class PolicyEngine {
     this.#link.observeMiss(at, bytes, waited - load.queueMs - load.serviceMs);
     this.#lastHeard = Math.max(this.#lastHeard, at);
     this.#missRun++;
+    this.#missTokens -= 1;
+    this.#tail.add(at, Number.POSITIVE_INFINITY);
   }
 
   /** Subscribes to every decision; returns the unsubscribe function. */

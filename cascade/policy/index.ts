@@ -31,7 +31,6 @@ export {
   deadlineProbability,
   decideFrame,
   type FrameFacts,
-  normalCdf,
   type PolicyDecision,
 } from './decide.ts';
 export {
@@ -46,4 +45,6 @@ export { type GainAt, type GainCurve, type GainPoint, gainAt, gainCurve, NEXT_TI
 export { bandwidthOf, type LinkEstimate, LinkEstimator } from './link-estimator.ts';
 export { type LoadEstimate, LoadEstimator } from './load-estimator.ts';
 export { registerPolicyMetrics } from './metrics.ts';
+export { normalCdf } from './normal.ts';
 export { ENGINE_REASONS, isOffloadReason, type ReasonCode, Reasons } from './reasons.ts';
+export { TailCalibrator } from './tail-calibrator.ts';

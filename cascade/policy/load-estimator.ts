@@ -26,6 +26,8 @@ function ewmaOptions(c: EstimatorConfig) {
     changeCount: c.changeCount,
     changeWindowMs: c.changeWindowMs,
     minDeviation: c.minDeviationMs,
+    restoreWindowMs: c.restoreWindowMs,
+    halfLifeMs: c.halfLifeMs,
   };
 }
 

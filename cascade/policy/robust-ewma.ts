@@ -13,12 +13,22 @@ export interface RobustEwmaOptions {
   outlierK: number;
   changeCount: number;
   changeWindowMs: number;
+  /**
+   * Half-life of what is known, ms: a sample arriving after a gap of this long weighs at least
+   * 1/2 (old knowledge ages with time, not only with new samples); 0 disables.
+   */
+  halfLifeMs: number;
   /** Floor of the deviation, in the quantity's unit. */
   minDeviation: number;
+  /**
+   * After a step up, a sample back within the old level's band restores the old level at once
+   * (the disturbance is over), for this long after the step; 0 disables.
+   */
+  restoreWindowMs: number;
 }
 
 /** What {@link RobustEwma.update} did with a sample. */
-export type SampleFate = 'first' | 'inlier' | 'clipped' | 'change';
+export type SampleFate = 'first' | 'inlier' | 'clipped' | 'change' | 'restore';
 
 interface Outlier {
   at: number;
@@ -34,6 +44,8 @@ export class RobustEwma {
   #lastAt: number | null = null;
   #changes = 0;
   #outliers: Outlier[] = [];
+  /** The level before the last step up, while a return to it may be recognised. */
+  #before: { mean: number; dev: number; at: number } | null = null;
 
   constructor(opts: RobustEwmaOptions) {
     this.#opts = { ...opts };
@@ -79,20 +91,38 @@ export class RobustEwma {
   update(at: number, value: number, lowerBound = false, initialDeviation?: number): SampleFate {
     if (!Number.isFinite(value)) throw new RangeError(`sample must be finite, received ${value}`);
     const o = this.#opts;
-    this.#lastAt = at;
     if (this.#count === 0) {
+      this.#lastAt = at;
       this.#count = 1;
       this.#mean = value;
       this.#dev = Math.max(initialDeviation ?? Math.abs(value) / 2, o.minDeviation);
       return 'first';
     }
     this.#count++;
+    const gap = this.#lastAt === null ? 0 : Math.max(0, at - this.#lastAt);
+    this.#lastAt = at;
+    const aged = o.halfLifeMs > 0 ? 1 - 2 ** (-gap / o.halfLifeMs) : 0;
+    const alpha = Math.max(o.alpha, aged);
+    const beta = Math.max(o.beta, aged);
+    const before = this.#before;
+    if (before !== null && at - before.at > o.restoreWindowMs) this.#before = null;
+    else if (before !== null && !lowerBound && value <= before.mean + o.outlierK * before.dev) {
+      // Back to the old level: a step up that ended (a fade, a burst of cross traffic) should
+      // not take many samples to forget.
+      this.#mean = before.mean;
+      this.#dev = before.dev;
+      this.#before = null;
+      this.#outliers = [];
+      this.#changes++;
+      this.#step(value - this.#mean, alpha, beta);
+      return 'restore';
+    }
     const bound = o.outlierK * this.deviation;
     let r = value - this.#mean;
     if (lowerBound && r < bound) r = bound * 1.000001; // a timeout is never good news
     if (Math.abs(r) <= bound) {
       this.#outliers.length = 0;
-      this.#step(r);
+      this.#step(r, alpha, beta);
       return 'inlier';
     }
     const side: 1 | -1 = r > 0 ? 1 : -1;
@@ -104,6 +134,11 @@ export class RobustEwma {
       const values = recent.map((x) => x.value);
       const m = values.reduce((a, b) => a + b, 0) / values.length;
       const spread = values.reduce((a, b) => a + Math.abs(b - m), 0) / values.length;
+      if (side > 0 && this.#before === null && o.restoreWindowMs > 0) {
+        this.#before = { mean: this.#mean, dev: this.deviation, at };
+      } else if (side < 0) {
+        this.#before = null;
+      }
       this.#mean = m;
       // Keep some of the old uncertainty: two samples say little about the new spread.
       this.#dev = Math.max(spread, this.#dev, Math.abs(m) / 4, o.minDeviation);
@@ -111,14 +146,13 @@ export class RobustEwma {
       this.#changes++;
       return 'change';
     }
-    this.#step(side * bound);
+    this.#step(side * bound, alpha, beta);
     return 'clipped';
   }
 
-  #step(r: number): void {
-    const o = this.#opts;
-    this.#mean += o.alpha * r;
-    this.#dev += o.beta * (Math.abs(r) - this.#dev);
+  #step(r: number, alpha: number, beta: number): void {
+    this.#mean += alpha * r;
+    this.#dev += beta * (Math.abs(r) - this.#dev);
   }
 
   /** Forgets everything. */
@@ -128,5 +162,6 @@ export class RobustEwma {
     this.#count = 0;
     this.#lastAt = null;
     this.#outliers = [];
+    this.#before = null;
   }
 }

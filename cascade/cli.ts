@@ -27,6 +27,10 @@ const COMMANDS: Record<string, Command> = {
     summary: 'signed model updates: keygen, init, add-target, sign, publish, verify, status (TUF)',
     run: async (argv) => (await import('../ota/cli.ts')).main(argv),
   },
+  bench: {
+    summary: 'benchmarks: policy (trace-driven simulation of the offload policies) (cascade bench --help)',
+    run: async (argv) => (await import('../bench/cli.ts')).main(argv),
+  },
 };
 
 function usage(): string {

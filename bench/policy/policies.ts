@@ -133,7 +133,9 @@ function enginePolicy(
     () => new PolicyEngine({ tier: 'device', card: cards.device, config: config.device, now }),
   );
   const gateway = new PolicyEngine({ tier: 'gateway', card: cards.gateway, config: config.gateway, now });
-  devices.forEach((d, i) => inspect?.('device', i, d));
+  devices.forEach((d, i) => {
+    inspect?.('device', i, d);
+  });
   inspect?.('gateway', 0, gateway);
   return {
     name: 'engine',

@@ -167,15 +167,25 @@ export interface TensorRtEngineOptions {
   workspaceBytes: number;
 }
 
-/** A loaded engine. */
+/** A loaded engine (native/tensorrt/binding.cc EngineWrap). */
 export interface TensorRtEngineHandle {
-  /** [async] Copies `input` (n samples) to the GPU, enqueues, copies `output` (n × classes) back. */
-  run(input: Float32Array, n: number, output: Float32Array): Promise<void>;
-  /** [sync] Frees contexts, streams and buffers; idempotent. */
+  /**
+   * [async] Runs n samples on execution context `ctx` (0 ≤ ctx < contexts, one run per context at
+   * a time): copies `input` (n × sampleSize) through pinned memory to the GPU, enqueues on the
+   * context's stream, copies `output` (n × outputSize) back.
+   */
+  run(ctx: number, input: Float32Array, n: number, output: Float32Array): Promise<void>;
+  /** [sync] Releases the engine once in-flight runs complete; idempotent. */
   dispose(): void;
   readonly outputSize: number;
+  readonly sampleSize: number;
+  readonly contexts: number;
+  readonly minBatch: number;
+  readonly maxBatch: number;
   /** True when the engine came from the cache file rather than a build. */
   readonly fromCache: boolean;
+  /** e.g. "int8 (explicit Q/DQ) + fp16 fallback", or "as cached". */
+  readonly precision: string;
 }
 
 function isTensorRtBinding(b: unknown): b is TensorRtBinding {

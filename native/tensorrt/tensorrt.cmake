@@ -30,15 +30,20 @@ if(_trt_missing)
   return()
 endif()
 
-# TensorRT version from NvInferVersion.h, for the engine cache key and the binding's report.
-file(STRINGS "${TENSORRT_INCLUDE_DIR}/NvInferVersion.h" _trt_version_lines REGEX "#define (NV_)?TENSORRT_(MAJOR|MINOR|PATCH) ")
+# TensorRT major version from NvInferVersion.h: "#define NV_TENSORRT_MAJOR 10" in older
+# releases, "#define TRT_MAJOR_ENTERPRISE 10" (NV_TENSORRT_MAJOR aliasing it) in newer ones.
+file(STRINGS "${TENSORRT_INCLUDE_DIR}/NvInferVersion.h" _trt_version_lines REGEX "#define (NV_TENSORRT|TRT)_(MAJOR|MINOR|PATCH)")
 foreach(_part MAJOR MINOR PATCH)
-  string(REGEX MATCH "TENSORRT_${_part} ([0-9]+)" _m "${_trt_version_lines}")
-  set(TENSORRT_${_part} ${CMAKE_MATCH_1})
+  set(TENSORRT_${_part} "")
+  if(_trt_version_lines MATCHES "NV_TENSORRT_${_part} ([0-9]+)")
+    set(TENSORRT_${_part} ${CMAKE_MATCH_1})
+  elseif(_trt_version_lines MATCHES "TRT_${_part}_ENTERPRISE ([0-9]+)")
+    set(TENSORRT_${_part} ${CMAKE_MATCH_1})
+  endif()
 endforeach()
 set(TENSORRT_VERSION "${TENSORRT_MAJOR}.${TENSORRT_MINOR}.${TENSORRT_PATCH}")
-if(TENSORRT_MAJOR LESS 10)
-  message(STATUS "cascade_tensorrt: not built, TensorRT ${TENSORRT_VERSION} found but 10.x is required (named I/O tensors, enqueueV3)")
+if(NOT TENSORRT_MAJOR OR TENSORRT_MAJOR LESS 10)
+  message(STATUS "cascade_tensorrt: not built, TensorRT ${TENSORRT_VERSION} found but 10.x or later is required (named I/O tensors, enqueueV3)")
   return()
 endif()
 
@@ -47,8 +52,9 @@ add_library(cascade_tensorrt SHARED
   tensorrt/engine.cc
   ${CMAKE_JS_SRC})
 set_target_properties(cascade_tensorrt PROPERTIES PREFIX "" SUFFIX ".node")
-target_include_directories(cascade_tensorrt PRIVATE ${CMAKE_JS_INC} ${TENSORRT_INCLUDE_DIR})
+target_include_directories(cascade_tensorrt PRIVATE ${CMAKE_JS_INC})
+# SYSTEM: TensorRT's own headers use their deprecated plugin interfaces.
+target_include_directories(cascade_tensorrt SYSTEM PRIVATE ${TENSORRT_INCLUDE_DIR})
 target_link_libraries(cascade_tensorrt PRIVATE ${CMAKE_JS_LIB} ${TENSORRT_NVINFER} ${TENSORRT_ONNXPARSER} CUDA::cudart)
 target_compile_options(cascade_tensorrt PRIVATE ${CASCADE_FLAGS})
-target_compile_definitions(cascade_tensorrt PRIVATE CASCADE_TENSORRT_VERSION="${TENSORRT_VERSION}")
 message(STATUS "cascade_tensorrt: building against TensorRT ${TENSORRT_VERSION}, CUDA ${CUDAToolkit_VERSION}")

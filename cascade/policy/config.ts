@@ -52,6 +52,8 @@ const EstimatorConfig = Type.Object(
     maxBandwidthBps: Type.Number({ exclusiveMinimum: 0 }),
     /** Floor of every deviation, ms: measurement resolution. */
     minDeviationMs: Type.Number({ minimum: 0 }),
+    /** Floor of every deviation as a share of its mean: jitter grows with the delay. */
+    minDeviationRatio: Type.Number({ minimum: 0, maximum: 1 }),
   },
   { additionalProperties: false },
 );
@@ -123,7 +125,7 @@ export const DEFAULT_POLICY_CONFIG: Readonly<PolicyConfig> = Object.freeze({
   estimator: {
     alpha: 0.125,
     beta: 0.25,
-    outlierK: 3,
+    outlierK: 4,
     changeCount: 2,
     changeWindowMs: 1000,
     restoreWindowMs: 30_000,
@@ -136,6 +138,7 @@ export const DEFAULT_POLICY_CONFIG: Readonly<PolicyConfig> = Object.freeze({
     tailCapacity: 256,
     maxBandwidthBps: 1e9,
     minDeviationMs: 0.25,
+    minDeviationRatio: 0.03,
   },
 } satisfies PolicyConfig);
 

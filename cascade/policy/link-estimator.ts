@@ -3,9 +3,10 @@
  * transfers that already happened. Pure (times come from the caller).
  *
  * Model: network time = propagation + bytes × (transfer time per byte). The propagation part is
- * the minimum network time over a sliding window (BBR's RTprop filter); what lies above it,
- * scaled to 1 kB, is the transfer time per kB, tracked by a {@link RobustEwma} (mean and
- * deviation, outliers clipped, step changes restart it). Queueing behind other senders on a
+ * the minimum network time over a sliding window (BBR's RTprop filter); what lies above it is
+ * scaled to 1 kB, and the network time of a 1 kB transfer is tracked by a {@link RobustEwma}
+ * (mean and deviation, outliers clipped, step changes restart it; tracking the whole time rather
+ * than the small excess keeps the noise floor proportionate). Queueing behind other senders on a
  * shared uplink shows up as a higher time per kB, i.e. a lower bandwidth, which is what a sender
  * sees. A missed answer is a censored sample: the transfer took at least the time waited.
  * Without observations the deviation grows with time (idle gaps) and after `staleMs` the link is
@@ -49,6 +50,7 @@ function ewmaOptions(c: EstimatorConfig) {
     changeCount: c.changeCount,
     changeWindowMs: c.changeWindowMs,
     minDeviation: c.minDeviationMs,
+    minDeviationRatio: c.minDeviationRatio,
     restoreWindowMs: c.restoreWindowMs,
     halfLifeMs: c.halfLifeMs,
   };
@@ -61,7 +63,7 @@ export function bandwidthOf(msPerKB: number, maxBps: number): number {
 
 export class LinkEstimator {
   #cfg: EstimatorConfig;
-  #perKB: RobustEwma;
+  #oneKB: RobustEwma;
   /** Monotonic deque of (time, network ms): increasing ms from the front. */
   #minRtt: RttSample[] = [];
   #lastRtt = 0;
@@ -69,13 +71,13 @@ export class LinkEstimator {
   /** @param cfg estimator settings (PolicyConfig.estimator). */
   constructor(cfg: EstimatorConfig) {
     this.#cfg = { ...cfg };
-    this.#perKB = new RobustEwma(ewmaOptions(cfg));
+    this.#oneKB = new RobustEwma(ewmaOptions(cfg));
   }
 
   /** Replaces the settings; the learnt state is kept. */
   setConfig(cfg: EstimatorConfig): void {
     this.#cfg = { ...cfg };
-    this.#perKB.setOptions(ewmaOptions(cfg));
+    this.#oneKB.setOptions(ewmaOptions(cfg));
   }
 
   #rttAt(at: number): number {
@@ -103,10 +105,8 @@ export class LinkEstimator {
     this.#pushRtt(at, net);
     const rtt = this.#rttAt(at);
     this.#lastRtt = rtt;
-    // The first sample is the window minimum, so its excess is 0: start with a deviation of a
-    // quarter of its network time rather than none, or every next sample would be an outlier.
     // A step in propagation (handover) is carried by the excess until the window forgets it.
-    this.#perKB.update(at, ((net - rtt) * 1000) / bytes, false, (net * 250) / bytes);
+    this.#oneKB.update(at, rtt + ((net - rtt) * 1000) / bytes, false, net / 4);
   }
 
   /**
@@ -115,23 +115,24 @@ export class LinkEstimator {
    */
   observeMiss(at: number, bytes: number, waitedMs: number): void {
     if (!(bytes > 0) || !Number.isFinite(waitedMs)) return;
-    const rtt = this.#perKB.count > 0 ? this.#rttAt(at) : 0;
-    this.#perKB.update(at, (Math.max(0, waitedMs - rtt) * 1000) / bytes, true);
+    const rtt = this.#oneKB.count > 0 ? this.#rttAt(at) : 0;
+    this.#oneKB.update(at, rtt + (Math.max(0, waitedMs - rtt) * 1000) / bytes, true);
   }
 
   /** The estimate at time `now` (ms). */
   estimate(now: number): LinkEstimate {
     const c = this.#cfg;
-    const e = this.#perKB;
+    const e = this.#oneKB;
     const last = e.lastAt;
     const known = e.count > 0 && last !== null && now - last < c.staleMs;
     const idleSec = last === null ? 0 : Math.max(0, now - last) / 1000;
-    const msPerKB = Math.max(0, e.mean);
+    const rttMs = e.count > 0 ? this.#rttAt(now) : 0;
+    const msPerKB = Math.max(0, e.mean - rttMs);
     const sd = e.deviation * SD_PER_MAD * (1 + c.idleGrowthPerSec * idleSec);
     const bandwidthBps = bandwidthOf(msPerKB, c.maxBandwidthBps);
     return {
       known,
-      rttMs: e.count > 0 ? this.#rttAt(now) : 0,
+      rttMs,
       msPerKB,
       msPerKBSd: sd,
       bandwidthBps,

@@ -26,6 +26,7 @@ function ewmaOptions(c: EstimatorConfig) {
     changeCount: c.changeCount,
     changeWindowMs: c.changeWindowMs,
     minDeviation: c.minDeviationMs,
+    minDeviationRatio: c.minDeviationRatio,
     restoreWindowMs: c.restoreWindowMs,
     halfLifeMs: c.halfLifeMs,
   };

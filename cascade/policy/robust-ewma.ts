@@ -20,6 +20,8 @@ export interface RobustEwmaOptions {
   halfLifeMs: number;
   /** Floor of the deviation, in the quantity's unit. */
   minDeviation: number;
+  /** Floor of the deviation as a share of the mean's magnitude (measurement noise grows with it). */
+  minDeviationRatio: number;
   /**
    * After a step up, a sample back within the old level's band restores the old level at once
    * (the disturbance is over), for this long after the step; 0 disables.
@@ -65,9 +67,10 @@ export class RobustEwma {
     return this.#mean;
   }
 
-  /** Mean absolute deviation, at least the configured floor. */
+  /** Mean absolute deviation, at least the configured floors. */
   get deviation(): number {
-    return Math.max(this.#dev, this.#opts.minDeviation);
+    const o = this.#opts;
+    return Math.max(this.#dev, o.minDeviation, o.minDeviationRatio * Math.abs(this.#mean));
   }
 
   /** Time of the last sample, or null before the first. */

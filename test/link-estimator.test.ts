@@ -36,7 +36,10 @@ describe('LinkEstimator', () => {
     const e = new LinkEstimator(CFG);
     const r = noise(3);
     let t = 0;
-    for (let i = 0; i < 60; i++) e.observe((t += 100), BYTES, net(8, r));
+    for (let i = 0; i < 60; i++) {
+      t += 100;
+      e.observe(t, BYTES, net(8, r));
+    }
     const s = e.estimate(t);
     assert.ok(s.known);
     assert.ok(Math.abs(predicted(e, t) - (RTT + 8)) < 1.5, `predicted ${predicted(e, t)}`);
@@ -58,9 +61,15 @@ describe('LinkEstimator', () => {
           const e = new LinkEstimator(CFG);
           const r = noise(seed);
           let t = 0;
-          for (let i = 0; i < 40; i++) e.observe((t += interval), BYTES, net(before, r));
+          for (let i = 0; i < 40; i++) {
+            t += interval;
+            e.observe(t, BYTES, net(before, r));
+          }
           const step = t;
-          while (t + interval <= step + 1000) e.observe((t += interval), BYTES, net(after, r));
+          while (t + interval <= step + 1000) {
+            t += interval;
+            e.observe(t, BYTES, net(after, r));
+          }
           const want = RTT + after;
           const got = predicted(e, t);
           return Math.abs(got - want) <= 0.35 * want;
@@ -81,9 +90,13 @@ describe('LinkEstimator', () => {
           const e = new LinkEstimator(CFG);
           const r = noise(seed);
           let t = 0;
-          for (let i = 0; i < 40; i++) e.observe((t += interval), BYTES, net(level, r));
+          for (let i = 0; i < 40; i++) {
+            t += interval;
+            e.observe(t, BYTES, net(level, r));
+          }
           const changes = e.estimate(t).changes;
-          e.observe((t += interval), BYTES, RTT + level * spike);
+          t += interval;
+          e.observe(t, BYTES, RTT + level * spike);
           const got = predicted(e, t);
           const want = RTT + level;
           return e.estimate(t).changes === changes && Math.abs(got - want) <= 0.3 * want;
@@ -103,7 +116,10 @@ describe('LinkEstimator', () => {
           const e = new LinkEstimator(CFG);
           const r = noise(seed);
           let t = 0;
-          for (let i = 0; i < 30; i++) e.observe((t += 100), BYTES, net(level, r));
+          for (let i = 0; i < 30; i++) {
+            t += 100;
+            e.observe(t, BYTES, net(level, r));
+          }
           const fresh = e.estimate(t);
           const before = predicted(e, t);
           const idle = e.estimate(t + gap);
@@ -125,7 +141,10 @@ describe('LinkEstimator', () => {
     const run = (gap: number) => {
       const e = new LinkEstimator(CFG);
       let t = 0;
-      for (let i = 0; i < 30; i++) e.observe((t += 100), BYTES, RTT + 10);
+      for (let i = 0; i < 30; i++) {
+        t += 100;
+        e.observe(t, BYTES, RTT + 10);
+      }
       e.observe(t + gap, BYTES, RTT + 14);
       return predicted(e, t + gap);
     };
@@ -135,12 +154,18 @@ describe('LinkEstimator', () => {
   it('two misses within a second mean the link is slower than the time waited', () => {
     const e = new LinkEstimator(CFG);
     let t = 0;
-    for (let i = 0; i < 30; i++) e.observe((t += 100), BYTES, RTT + 5);
-    e.observeMiss((t += 200), BYTES, 60);
-    e.observeMiss((t += 200), BYTES, 60);
+    for (let i = 0; i < 30; i++) {
+      t += 100;
+      e.observe(t, BYTES, RTT + 5);
+    }
+    t += 200;
+    e.observeMiss(t, BYTES, 60);
+    t += 200;
+    e.observeMiss(t, BYTES, 60);
     assert.ok(predicted(e, t) >= 60, `predicted ${predicted(e, t)} after two 60 ms misses`);
     // The link comes back: one normal answer restores the old level at once.
-    e.observe((t += 500), BYTES, RTT + 5);
+    t += 500;
+    e.observe(t, BYTES, RTT + 5);
     assert.ok(predicted(e, t) < 20, `predicted ${predicted(e, t)} after the link came back`);
   });
 

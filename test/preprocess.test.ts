@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import type { InputSpec } from '../models/card.ts';
+import { type InputSpec, parseModelCard } from '../models/card.ts';
+import { loadBundledSample } from '../models/data/load.ts';
 import { type Frame, inputLength, type PixelFormat, preprocess } from '../models/preprocess.ts';
 import { OnnxClassifier } from '../models/runtime.ts';
 
@@ -225,6 +227,38 @@ describe('preprocess: geometry', () => {
       ),
       { numRuns: 200 },
     );
+  });
+});
+
+describe('preprocess: camera frames', () => {
+  it('recovers the exact model input from a sample upscaled ×16 into a 640×480 RGB frame', async () => {
+    const ds = await loadBundledSample();
+    const s = parseModelCard(
+      JSON.parse(await readFile('models/device/card.json', 'utf8')),
+      'device card',
+    ).input;
+    const { width: w, height: h } = ds;
+    const frame = new Uint8Array(640 * 480 * 3);
+    const x0 = (640 - 16 * w) / 2;
+    const y0 = (480 - 16 * h) / 2;
+    for (let i = 0; i < 8; i++) {
+      const img = ds.images.subarray(i * w * h, (i + 1) * w * h);
+      frame.fill(37);
+      for (let y = 0; y < 16 * h; y++) {
+        for (let x = 0; x < 16 * w; x++)
+          frame.fill(
+            img[(y >> 4) * w + (x >> 4)],
+            ((y0 + y) * 640 + x0 + x) * 3,
+            ((y0 + y) * 640 + x0 + x + 1) * 3,
+          );
+      }
+      const fromCamera = run({ data: frame, width: 640, height: 480, format: 'rgb' }, s, {
+        crop: { x: x0, y: y0, width: 16 * w, height: 16 * h },
+      });
+      const direct = run({ data: img, width: w, height: h, format: 'gray' }, s);
+      // Area resize of 16×16 equal blocks, and BT.601 luma of equal R, G, B, are exact.
+      assert.deepEqual(fromCamera, direct);
+    }
   });
 });
 

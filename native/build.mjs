@@ -73,7 +73,13 @@ if (run.status !== 0) {
     lines.find((l) => /CMake (is )?not found|cmake: not found|ENOENT.*cmake/i.test(l)) ??
     lines.find((l) => /\berror\b/i.test(l)) ??
     `cmake-js exited with ${run.status}`;
-  bail(why.replace(/\s+/g, ' ').trim().slice(0, 200));
+  bail(
+    why
+      .replace(/^\s*(ERR!|ERROR)\s+OMG\s+/, '')
+      .replace(/\s+/g, ' ')
+      .trim()
+      .slice(0, 200),
+  );
 }
 // CMake's own status lines about the TensorRT binding, e.g. why it was not built.
 for (const line of log.split('\n')) {

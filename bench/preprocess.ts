@@ -5,8 +5,8 @@
  * - ts:     the TypeScript reference (models/preprocess.ts), area resize;
  * - native: the C++ kernel (native/preprocess.ts), awaited one frame at a time through the libuv
  *           pool as the device pipeline calls it (nativeSync: the same kernel on the main thread);
- * - sharp:  libvips resize (kernel 'linear', fit 'fill') + greyscale/colour + raw output, then
- *           the mean/std loop to floats (sharp.concurrency(1), cache off);
+ * - sharp:  libvips resize of the RGB frame (kernel 'linear', fit 'fill') to raw output, then
+ *           luma/channel order and mean/std to floats in JS (sharp.concurrency(1), cache off);
  * - opencv: @u4/opencv4nodejs cvtColor + blobFromImage (INTER_LINEAR resize, scale, mean), when
  *           installed (`npm run setup:opencv`), else null.
  *
@@ -91,13 +91,24 @@ async function main(): Promise<void> {
     (_, k) => -(spec.mean[k] ?? spec.mean[0]) / (spec.std[k] ?? spec.std[0]),
   );
   const hw = spec.height * spec.width;
-  /** HWC bytes at model size → normalised floats in the card's layout (what sharp cannot do). */
+  /**
+   * RGB HWC bytes at model size → the card's floats (BT.601 luma for gray models, channel order,
+   * mean/std, layout): the part sharp cannot do.
+   */
   const normalise = (px: Uint8Array): void => {
     for (let p = 0; p < hw; p++) {
-      for (let k = 0; k < c; k++) {
-        const x = px[p * c + k] * a[k] + b[k];
+      const r = px[3 * p];
+      const g = px[3 * p + 1];
+      const bl = px[3 * p + 2];
+      if (gray) {
+        out[p] = (0.299 * r + 0.587 * g + 0.114 * bl) * a[0] + b[0];
+        continue;
+      }
+      for (let k = 0; k < 3; k++) {
+        const v = spec.colour === 'bgr' ? px[3 * p + 2 - k] : px[3 * p + k];
+        const x = v * a[k] + b[k];
         if (spec.layout === 'NCHW') out[k * hw + p] = x;
-        else out[p * c + k] = x;
+        else out[p * 3 + k] = x;
       }
     }
   };
@@ -107,20 +118,17 @@ async function main(): Promise<void> {
   const input = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   const methods: Record<string, Method> = {
     ts: () => preprocess(frame, spec, out),
+    // sharp's fastest path here: resize the RGB frame, convert the 28×28 result in JS (its
+    // greyscale() converts the full frame first and is ~4× slower).
     sharp: async () => {
-      let img = sharp(input, { raw: { width: W, height: H, channels: 3 } }).resize(spec.width, spec.height, {
-        fit: 'fill',
-        kernel: 'linear',
-      });
-      img = gray
-        ? img.greyscale()
-        : spec.colour === 'bgr'
-          ? img.recomb([
-              [0, 0, 1],
-              [0, 1, 0],
-              [1, 0, 0],
-            ])
-          : img;
+      const img = sharp(input, { raw: { width: W, height: H, channels: 3 } }).resize(
+        spec.width,
+        spec.height,
+        {
+          fit: 'fill',
+          kernel: 'linear',
+        },
+      );
       normalise(await img.raw().toBuffer());
     },
   };

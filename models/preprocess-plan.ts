@@ -188,14 +188,23 @@ export function checkSpec(spec: InputSpec): void {
   if (spec.layout !== 'NCHW' && spec.layout !== 'NHWC')
     fail(TypeError, 'spec.layout', "'NCHW' or 'NHWC'", spec.layout);
   const c = channelsOf(spec);
-  for (const key of ['mean', 'std'] as const) {
-    const v = spec[key];
-    if (!Array.isArray(v) || (v.length !== 1 && v.length !== c) || !v.every(Number.isFinite)) {
-      fail(TypeError, `spec.${key}`, `1 or ${c} finite numbers`, JSON.stringify(v));
+  // Plain loops: this runs on every call and must not allocate.
+  const { mean, std } = spec;
+  if (!Array.isArray(mean) || (mean.length !== 1 && mean.length !== c)) {
+    fail(TypeError, 'spec.mean', `1 or ${c} finite numbers`, JSON.stringify(mean));
+  }
+  if (!Array.isArray(std) || (std.length !== 1 && std.length !== c)) {
+    fail(TypeError, 'spec.std', `1 or ${c} positive numbers`, JSON.stringify(std));
+  }
+  for (let k = 0; k < mean.length; k++) {
+    if (!Number.isFinite(mean[k]))
+      fail(TypeError, 'spec.mean', `1 or ${c} finite numbers`, JSON.stringify(mean));
+  }
+  for (let k = 0; k < std.length; k++) {
+    if (!(std[k] > 0) || !Number.isFinite(std[k])) {
+      fail(TypeError, 'spec.std', `1 or ${c} positive numbers`, JSON.stringify(std));
     }
   }
-  if (!spec.std.every((s) => s > 0))
-    fail(TypeError, 'spec.std', 'positive numbers', JSON.stringify(spec.std));
   const q = spec.quant;
   if (q !== undefined) {
     if (!(q.scale > 0) || !Number.isInteger(q.zeroPoint) || (q.dtype !== 'uint8' && q.dtype !== 'int8')) {

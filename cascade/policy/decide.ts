@@ -76,6 +76,11 @@ export interface DecisionInputs {
   pFloor?: number;
   /** Calibrated distribution of the standardised round-trip error; default the normal CDF. */
   cdf?: (q: number) => number;
+  /**
+   * A miss can be afforded now (the engine's miss allowance); default true. When false, a
+   * link that is unknown is not tried with the threshold rule.
+   */
+  missAffordable?: boolean;
 }
 
 /** {@link PolicyDecision} with the evaluated candidates and accuracies, for debug logs. */
@@ -167,6 +172,8 @@ export function decideFrame(inp: DecisionInputs): DecisionDetail {
     // teach the estimator.
     // Above the threshold a worthwhile frame may still probe the link, so it becomes known.
     const pick = worthwhile.filter(fits).sort((a, b) => a.bytes - b.bytes)[0];
+    if (inp.missAffordable === false)
+      return { ...detail, ...local(Reasons.LOCAL_DEADLINE, Number.NaN, gain) };
     if (!below && !(inp.probeDue && pick !== undefined)) {
       return { ...detail, ...local(Reasons.LOCAL_UNKNOWN, Number.NaN, gain) };
     }

@@ -102,6 +102,7 @@ export class PolicyEngine {
   #tokens = 0;
   #tokensAt: number;
   #lastHeard = Number.NEGATIVE_INFINITY;
+  /** Last offload of any kind (a probe is due an interval after it). */
   #lastProbe = Number.NEGATIVE_INFINITY;
   /** Consecutive misses since the last answer: probes back off exponentially while it grows. */
   #missRun = 0;
@@ -216,7 +217,8 @@ export class PolicyEngine {
     if (d.offload && d.payload !== null) {
       const bytes = f.payloadBytes[d.payload] ?? 0;
       this.#tokens -= bytes;
-      if (d.reason === 'offload:probe') this.#lastProbe = this.#now();
+      // Any offload tests the link: the next probe is due an interval after the last send.
+      this.#lastProbe = this.#now();
       this.#lastBudget = f.budgetLeftMs;
     }
     this.#reasons.set(d.reason, (this.#reasons.get(d.reason) ?? 0) + 1);
@@ -258,6 +260,7 @@ export class PolicyEngine {
       probeDue,
       pFloor,
       cdf: this.#tail.view(now),
+      missAffordable: spare >= 1,
     });
   }
 

@@ -27,6 +27,14 @@ const COMMANDS: Record<string, Command> = {
     summary: 'signed model updates: keygen, init, add-target, sign, publish, verify, status (TUF)',
     run: async (argv) => (await import('../ota/cli.ts')).main(argv),
   },
+  gateway: {
+    summary: 'MEC gateway: MQTT offloads + KServe v2 HTTP, dynamic batching, forwards to the cloud',
+    run: async (argv) => (await import('../gateway/cli.ts')).main(argv),
+  },
+  cloud: {
+    summary: 'cloud teacher: KServe v2 HTTP with batching, bearer auth, hard-example log',
+    run: async (argv) => (await import('../cloud/cli.ts')).main(argv),
+  },
   bench: {
     summary: 'benchmarks: policy (trace-driven simulation of the offload policies) (cascade bench --help)',
     run: async (argv) => (await import('../bench/cli.ts')).main(argv),

@@ -38,7 +38,13 @@ export interface ServiceMetrics {
   /** A histogram with {@link LATENCY_BUCKETS_SECONDS}, registered on this registry. */
   latency<L extends string>(name: string, help: string, labelNames?: readonly L[]): Histogram<L>;
   counter<L extends string>(name: string, help: string, labelNames?: readonly L[]): Counter<L>;
-  gauge<L extends string>(name: string, help: string, labelNames?: readonly L[]): Gauge<L>;
+  /** A gauge; `collect` (optional) sets its value at scrape time. */
+  gauge<L extends string>(
+    name: string,
+    help: string,
+    labelNames?: readonly L[],
+    collect?: (gauge: Gauge<L>) => void,
+  ): Gauge<L>;
   histogram<L extends string>(
     name: string,
     help: string,
@@ -86,8 +92,18 @@ export function createMetrics(service: string, opts: MetricsOptions = {}): Servi
     counter(name, help, labelNames = []) {
       return new Counter({ name, help, labelNames, registers: [registry] });
     },
-    gauge(name, help, labelNames = []) {
-      return new Gauge({ name, help, labelNames, registers: [registry] });
+    gauge(name, help, labelNames = [], collect) {
+      return new Gauge({
+        name,
+        help,
+        labelNames,
+        registers: [registry],
+        collect: collect
+          ? function (this: Gauge) {
+              collect(this);
+            }
+          : undefined,
+      });
     },
     histogram(name, help, buckets, labelNames = []) {
       return new Histogram({ name, help, labelNames, buckets: [...buckets], registers: [registry] });

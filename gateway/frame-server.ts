@@ -1,0 +1,287 @@
+/**
+ * The gateway's per-frame pipeline, shared by the MQTT and HTTP front ends: the dynamic batcher
+ * runs the gateway model, the policy engine (tier 'gateway') decides with the remaining budget
+ * whether the gateway's answer stands or the frame goes to the cloud teacher, and a cloud timeout
+ * or error falls back to the gateway's own answer inside the budget. Every frame resolves to
+ * exactly one {@link FrameResult} with its queue, service and cloud times.
+ */
+import { DeadlineBatcher, realScheduler, type Scheduler } from '../cascade/batcher.ts';
+import type { PolicyEngine } from '../cascade/policy/index.ts';
+import type { AnswerStatus, Ranked, TierName, TraceContext } from '../cascade/protocol.ts';
+import { rowOf, type ScoredBatch, type ServingEngine } from '../cascade/service/engine.ts';
+import { childTrace } from '../cascade/service/trace.ts';
+import { type CloudClient, CloudError } from './cloud-client.ts';
+import type { GatewayMetrics, Transport } from './metrics.ts';
+
+/** One frame to serve. */
+export interface FrameRequest {
+  /** HWC uint8 pixels at the model's size (forwardable to the cloud), or … */
+  pixels?: Uint8Array;
+  /** … a preprocessed tensor in the model's layout (served here only). */
+  tensor?: Float32Array;
+  /** Budget left when the frame arrived, ms. */
+  budgetMs: number;
+  /** Arrival time on the server's clock (default now). */
+  arrivedAt?: number;
+  trace: TraceContext;
+  privacy?: boolean;
+  transport: Transport;
+  deviceId?: string;
+  frameId?: number;
+  deviceTop1?: number;
+}
+
+/** What happened to one frame. */
+export interface FrameResult {
+  status: AnswerStatus;
+  tier: TierName;
+  modelVersion: string;
+  /** Calibrated probabilities of the answering tier (ok only). */
+  probs: Float32Array | null;
+  topk: Ranked[];
+  queueMs: number;
+  /** Gateway engine time, plus the cloud round trip when forwarded. */
+  serviceMs: number;
+  cloudMs: number;
+  retryAfterMs: number;
+  /** `local:confident`, `forward:gain`, `fallback:cloud-timeout`, `expired`, `overloaded`, … */
+  reason: string;
+}
+
+/** Options of {@link FrameServer}. */
+export interface FrameServerOptions {
+  engine: ServingEngine;
+  policy: PolicyEngine;
+  cloud?: CloudClient;
+  metrics: GatewayMetrics;
+  maxBatch: number;
+  maxDelayMs: number;
+  maxQueue: number;
+  concurrency: number;
+  /** The cloud call ends this long before the deadline. */
+  cloudMarginMs: number;
+  topk: number;
+  /** Admission control on (default true). */
+  admission?: boolean;
+  scheduler?: Scheduler;
+  random?: (n: number) => Uint8Array;
+}
+
+function topOf(probs: Float32Array, k: number): Ranked[] {
+  const idx = Array.from(probs.keys()).sort((a, b) => probs[b] - probs[a] || a - b);
+  return idx.slice(0, k).map((label) => ({ label, prob: Math.min(1, Math.max(0, probs[label])) }));
+}
+
+export class FrameServer {
+  readonly #engine: ServingEngine;
+  readonly #policy: PolicyEngine;
+  readonly #cloud: CloudClient | undefined;
+  readonly #m: GatewayMetrics;
+  readonly #batcher: DeadlineBatcher<Float32Array, Float32Array>;
+  readonly #sched: Scheduler;
+  readonly #opts: FrameServerOptions;
+
+  constructor(opts: FrameServerOptions) {
+    this.#opts = opts;
+    this.#engine = opts.engine;
+    this.#policy = opts.policy;
+    this.#cloud = opts.cloud;
+    this.#m = opts.metrics;
+    this.#sched = opts.scheduler ?? realScheduler;
+    const engine = opts.engine;
+    const per = engine.tensorFloats;
+    this.#batcher = new DeadlineBatcher<Float32Array, Float32Array>({
+      maxBatch: opts.maxBatch,
+      maxDelayMs: opts.maxDelayMs,
+      maxQueue: opts.maxQueue,
+      concurrency: opts.concurrency,
+      admission: opts.admission ?? true,
+      scheduler: this.#sched,
+      run: async (inputs) => {
+        const batch = new Float32Array(inputs.length * per);
+        for (let i = 0; i < inputs.length; i++) batch.set(inputs[i], i * per);
+        const scored: ScoredBatch = await engine.runTensor(batch, inputs.length);
+        return inputs.map((_, i) => rowOf(scored, i));
+      },
+      onBatch: (size) => this.#m.batchSize.observe(size),
+    });
+    const batcher = this.#batcher;
+    this.#m.bindQueue(() => ({ depth: batcher.depth, running: batcher.running }));
+  }
+
+  /** The batcher (for warm-up measurements and draining). */
+  get batcher(): DeadlineBatcher<Float32Array, Float32Array> {
+    return this.#batcher;
+  }
+
+  /** Measures the engine on batches of 1 and maxBatch and seeds the batcher's service model. */
+  async warmUp(rounds = 3): Promise<void> {
+    const per = this.#engine.tensorFloats;
+    for (const n of [1, this.#opts.maxBatch]) {
+      const batch = new Float32Array(n * per);
+      for (let r = 0; r < rounds; r++) {
+        const t0 = this.#sched.now();
+        await this.#engine.runTensor(batch, n);
+        if (r > 0) this.#batcher.observeService(n, this.#sched.now() - t0);
+      }
+    }
+  }
+
+  /** Serves one frame. Never rejects. */
+  async serve(req: FrameRequest): Promise<FrameResult> {
+    const arrived = req.arrivedAt ?? this.#sched.now();
+    const deadline = arrived + req.budgetMs;
+    const version = this.#engine.card.version;
+    const base = { tier: 'gateway' as const, modelVersion: version, probs: null, topk: [], cloudMs: 0 };
+    let tensor: Float32Array;
+    try {
+      tensor = req.tensor ?? this.#engine.preprocess(req.pixels ?? new Uint8Array(0), 1);
+    } catch (err) {
+      return this.#finish(req, arrived, {
+        ...base,
+        status: 'error',
+        queueMs: 0,
+        serviceMs: 0,
+        retryAfterMs: 0,
+        reason: `bad-input:${(err as Error).message.slice(0, 60)}`,
+      });
+    }
+    const outcome = await this.#batcher.submit(tensor, deadline - this.#sched.now());
+    switch (outcome.status) {
+      case 'overloaded':
+        return this.#finish(req, arrived, {
+          ...base,
+          status: 'overloaded',
+          queueMs: 0,
+          serviceMs: 0,
+          retryAfterMs: outcome.retryAfterMs,
+          reason: 'overloaded',
+        });
+      case 'expired':
+        this.#m.misses.inc({ kind: 'expired' });
+        return this.#finish(req, arrived, {
+          ...base,
+          status: 'expired',
+          queueMs: outcome.queueMs,
+          serviceMs: 0,
+          retryAfterMs: 0,
+          reason: 'expired',
+        });
+      case 'closed':
+        return this.#finish(req, arrived, {
+          ...base,
+          status: 'overloaded',
+          queueMs: 0,
+          serviceMs: 0,
+          retryAfterMs: 1000,
+          reason: 'shutting-down',
+        });
+      case 'error':
+        return this.#finish(req, arrived, {
+          ...base,
+          status: 'error',
+          queueMs: outcome.queueMs,
+          serviceMs: outcome.serviceMs,
+          retryAfterMs: 0,
+          reason: 'engine-error',
+        });
+      case 'ok':
+        break;
+    }
+    const { queueMs, serviceMs } = outcome;
+    this.#m.latency.observe({ stage: 'queue', transport: req.transport }, queueMs / 1000);
+    this.#m.latency.observe({ stage: 'service', transport: req.transport }, serviceMs / 1000);
+    const probs = outcome.output;
+    let top1 = 0;
+    for (let k = 1; k < probs.length; k++) if (probs[k] > probs[top1]) top1 = k;
+    const confidence = probs[top1];
+    const own: FrameResult = {
+      ...base,
+      status: 'ok',
+      probs,
+      topk: topOf(probs, this.#opts.topk),
+      queueMs,
+      serviceMs,
+      retryAfterMs: 0,
+      reason: 'local:nocloud',
+    };
+    const cloud = this.#cloud;
+    if (cloud === undefined || req.pixels === undefined) {
+      own.reason = cloud === undefined ? 'local:nocloud' : 'local:nopayload';
+      return this.#finish(req, arrived, own);
+    }
+    const left = deadline - this.#sched.now();
+    const bytes = req.pixels.length;
+    const decision = this.#policy.decide({
+      confidence,
+      budgetLeftMs: left,
+      payloadBytes: { tensor: bytes },
+      privacy: req.privacy,
+    });
+    if (!decision.offload) {
+      own.reason = decision.reason;
+      return this.#finish(req, arrived, own);
+    }
+    const forward = decision.reason.replace(/^offload:/, 'forward:');
+    this.#m.forwards.inc({ reason: forward });
+    const { height, width } = this.#engine.card.input;
+    const start = this.#sched.now();
+    try {
+      const a = await cloud.infer({
+        pixels: req.pixels,
+        height,
+        width,
+        channels: req.pixels.length / (height * width),
+        timeoutMs: left - this.#opts.cloudMarginMs,
+        budgetMs: left - this.#opts.cloudMarginMs,
+        trace: childTrace(req.trace, this.#opts.random),
+        gatewayTop1: top1,
+        gatewayConfidence: confidence,
+        deviceTop1: req.deviceTop1,
+        deviceId: req.deviceId,
+        frameId: req.frameId,
+      });
+      const end = this.#sched.now();
+      const cloudMs = end - start;
+      this.#m.sent.inc({ transport: 'http', peer: 'cloud' }, a.bytesSent);
+      this.#m.received.inc({ transport: 'http' }, a.bytesReceived);
+      this.#m.latency.observe({ stage: 'cloud', transport: req.transport }, cloudMs / 1000);
+      this.#policy.observe({ at: end, bytes, rttMs: cloudMs, queueMs: a.queueMs, serviceMs: a.serviceMs });
+      return this.#finish(req, arrived, {
+        status: 'ok',
+        tier: 'cloud',
+        modelVersion: a.modelVersion,
+        probs: a.probs,
+        topk: topOf(a.probs, this.#opts.topk),
+        queueMs,
+        serviceMs: serviceMs + cloudMs,
+        cloudMs,
+        retryAfterMs: 0,
+        reason: forward,
+      });
+    } catch (err) {
+      const end = this.#sched.now();
+      const failure = err instanceof CloudError ? err.failure : 'network';
+      this.#m.fallbacks.inc({ reason: failure });
+      this.#policy.observeMiss(end, bytes, end - start);
+      own.reason = `fallback:cloud-${failure}`;
+      return this.#finish(req, arrived, own);
+    }
+  }
+
+  #finish(req: FrameRequest, arrived: number, r: FrameResult): FrameResult {
+    const total = this.#sched.now() - arrived;
+    this.#m.requests.inc({ transport: req.transport, status: r.status });
+    if (r.status === 'ok') {
+      this.#m.answers.inc({ tier: r.tier, reason: r.reason });
+      this.#m.latency.observe({ stage: 'total', transport: req.transport }, total / 1000);
+      if (total > req.budgetMs) this.#m.misses.inc({ kind: 'late' });
+    }
+    return r;
+  }
+
+  /** Stops intake and waits for queued and running batches. */
+  close(): Promise<void> {
+    return this.#batcher.close();
+  }
+}

@@ -40,6 +40,12 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/**
+ * One plain loopback listener, anonymous access. `set_tcp_nodelay`: Mosquitto leaves Nagle on by
+ * default, which with delayed ACKs stalls small messages for tens of milliseconds.
+ */
+export const DEFAULT_CONFIG = 'listener {{port}} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n';
+
 /** Options of {@link startMosquitto}. */
 export interface MosquittoOptions {
   /**
@@ -87,7 +93,7 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
   const dir = mkdtempSync(join(tmpdir(), 'cascade-mosquitto-'));
   const port = await freePort();
   const port2 = opts.ports === 2 ? await freePort() : 0;
-  const text = (opts.config ?? 'listener {{port}} 127.0.0.1\nallow_anonymous true\n')
+  const text = (opts.config ?? DEFAULT_CONFIG)
     .replaceAll('{{port}}', String(port))
     .replaceAll('{{port2}}', String(port2))
     .replaceAll('{{dir}}', dir);

@@ -92,6 +92,53 @@ function pickFile(card: ModelCard, cardPath: string, want: string | undefined): 
 }
 
 /**
+ * Preallocated input and output tensors of one inference of `n` samples, for hot paths that must
+ * not allocate per call (the device pipeline): write {@link input}, call
+ * {@link OnnxClassifier.runInto}, read {@link logits}. ONNX Runtime writes the logits into the
+ * preallocated output. The buffers fit any classifier with the same input size and classes, so
+ * they survive a model hot swap. Both arrays are plain ArrayBuffer-backed: onnxruntime-node
+ * refuses tensors on a SharedArrayBuffer ("Invalid argument").
+ */
+export class InferenceBuffers {
+  /** Samples per run. */
+  readonly n: number;
+  /** Model input: n × (card input size) floats in the card's layout. */
+  readonly input: Float32Array;
+  /** Logits of the last run: n × classes. */
+  readonly logits: Float32Array;
+  readonly #inputTensor: ort.Tensor;
+  readonly #outputTensor: ort.Tensor;
+  #inputName = '';
+  #outputName = '';
+  #feeds: Record<string, ort.Tensor> = {};
+  #fetches: Record<string, ort.Tensor> = {};
+
+  /** @throws {RangeError} for a non-positive `n`. */
+  constructor(spec: InputSpec, classes: number, n = 1) {
+    if (!Number.isInteger(n) || n < 1)
+      throw new RangeError(`InferenceBuffers: n must be >= 1, received ${n}`);
+    const c = channelsOf(spec);
+    const dims = spec.layout === 'NCHW' ? [n, c, spec.height, spec.width] : [n, spec.height, spec.width, c];
+    this.n = n;
+    this.input = new Float32Array(n * c * spec.height * spec.width);
+    this.logits = new Float32Array(n * classes);
+    this.#inputTensor = new ort.Tensor('float32', this.input, dims);
+    this.#outputTensor = new ort.Tensor('float32', this.logits, [n, classes]);
+  }
+
+  /** The feeds and fetches for a model's input and output names (rebuilt only when they change). */
+  bind(inputName: string, outputName: string): [Record<string, ort.Tensor>, Record<string, ort.Tensor>] {
+    if (inputName !== this.#inputName || outputName !== this.#outputName) {
+      this.#inputName = inputName;
+      this.#outputName = outputName;
+      this.#feeds = { [inputName]: this.#inputTensor };
+      this.#fetches = { [outputName]: this.#outputTensor };
+    }
+    return [this.#feeds, this.#fetches];
+  }
+}
+
+/**
  * A classifier backed by an ONNX Runtime session and described by a model card.
  * Create with {@link OnnxClassifier.load}; release with {@link OnnxClassifier.dispose}.
  */
@@ -290,6 +337,33 @@ export class OnnxClassifier {
       }
     }
     return out;
+  }
+
+  /** Preallocated buffers for {@link runInto}, sized from this model's card. */
+  createBuffers(n = 1): InferenceBuffers {
+    return new InferenceBuffers(this.card.input, this.classes, n);
+  }
+
+  /**
+   * Runs the model on `buffers.input` and leaves the logits in `buffers.logits`, without
+   * allocating input or output buffers (ONNX Runtime still creates small result wrappers).
+   * @returns `buffers.logits`.
+   * @throws {RangeError} when the buffers do not fit this model's input size or classes.
+   * @throws {Error} after {@link dispose}.
+   */
+  async runInto(buffers: InferenceBuffers): Promise<Float32Array> {
+    const session = this.session;
+    if (!session) throw new Error(`${this.card.name}: classifier used after dispose()`);
+    const { height, width, name } = this.card.input;
+    const per = height * width * this.channels;
+    if (buffers.input.length !== buffers.n * per || buffers.logits.length !== buffers.n * this.classes) {
+      throw new RangeError(
+        `${this.card.name}: buffers of ${buffers.input.length} inputs / ${buffers.logits.length} logits do not fit ${buffers.n} × ${per} → ${this.classes}`,
+      );
+    }
+    const [feeds, fetches] = buffers.bind(name, this.card.output.name);
+    await session.run(feeds, fetches);
+    return buffers.logits;
   }
 
   /**

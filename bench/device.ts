@@ -1,0 +1,218 @@
+/**
+ * bench:device — the device frame loop on dataset-replay 640×480 RGB frames: double-buffered
+ * (preprocess frame n+1 off the main thread while frame n is inferred) against the same stages
+ * run one after the other on one buffer, with the INT8 device student on one ONNX Runtime thread.
+ *
+ *   npm run bench:device -- [--frames N] [--rounds N] [--roi] [--backend auto|native|worker]
+ *                           [--alloc-frames N] [--json]
+ *
+ * Frames are rendered once by the replay camera (so rendering is not timed) and fed as fast as
+ * the loop takes them. By default the whole frame is resized to the model input, which with the
+ * native kernel costs about what inference costs; `--roi` preprocesses only the item's ROI (what
+ * `cascade device` does with the replay camera's detections: preprocessing becomes tiny).
+ * Rounds alternate the two modes so that a change in machine load does not favour one; the report
+ * gives medians over rounds. Stage times are the medians of the sequential rounds (no overlap).
+ * Then `--alloc-frames` frames (default 10000) run pipelined to measure allocation: the sum of
+ * heap-used increases between samples every 100 frames (an estimate of bytes allocated; a
+ * collection in an interval hides that interval), garbage collections by kind, and the change of
+ * heap and ArrayBuffer memory after a full collection.
+ *
+ * Prints {"pipelinedFps","sequentialFps","preprocessMs","inferMs", ...}.
+ */
+import { type PerformanceEntry, PerformanceObserver } from 'node:perf_hooks';
+import { setImmediate as yieldNow } from 'node:timers/promises';
+import { choiceOpt, numberOpt, parse } from '../cascade/args.ts';
+import { FrameSlot } from '../device/frame-slot.ts';
+import { FramePool, wallClock } from '../device/frames.ts';
+import { ModelSlot } from '../device/model-slot.ts';
+import { DevicePipeline } from '../device/pipeline.ts';
+import { Preprocessor, resolveBackend } from '../device/preprocessor.ts';
+import { ReplayCamera } from '../device/replay-source.ts';
+import { StageStats } from '../device/stage-stats.ts';
+import { loadBundledSample } from '../models/data/load.ts';
+import type { Rect } from '../models/preprocess.ts';
+import { loadRegistry, modelForTier } from '../models/registry.ts';
+import { OnnxClassifier } from '../models/runtime.ts';
+
+const { values: v } = parse(process.argv.slice(2), {
+  frames: { type: 'string' },
+  rounds: { type: 'string' },
+  roi: { type: 'boolean' },
+  backend: { type: 'string' },
+  'alloc-frames': { type: 'string' },
+  json: { type: 'boolean' },
+});
+const FRAMES = numberOpt('--frames', v.frames, { integer: true, min: 10 }) ?? 1000;
+const ROUNDS = numberOpt('--rounds', v.rounds, { integer: true, min: 1 }) ?? 5;
+const ALLOC_FRAMES = numberOpt('--alloc-frames', v['alloc-frames'], { integer: true, min: 0 }) ?? 10_000;
+const want = choiceOpt('--backend', v.backend, ['auto', 'native', 'worker'] as const) ?? 'auto';
+const { backend, why } = resolveBackend(want);
+const useRoi = v.roi === true;
+
+const registry = await loadRegistry();
+const card = modelForTier(registry, 'device').card;
+const model = await OnnxClassifier.load(card, { intraOpThreads: 1 });
+const ds = await loadBundledSample();
+const POOL = 64;
+const pool = new FramePool({ size: POOL, bytes: 640 * 480 * 3, shared: backend === 'worker' });
+const camera = new ReplayCamera({ dataset: ds, pool, fps: 0 });
+const rois: (Rect | null)[] = [];
+const rendered = [];
+for (let i = 0; i < POOL; i++) {
+  const f = pool.acquire();
+  if (f === null) throw new Error('pool exhausted');
+  camera.render(i, f);
+  rois[f.slot] = f.roi === null ? null : { ...f.roi };
+  rendered.push(f);
+}
+for (const f of rendered) f.release();
+const buffers = [model.createBuffers(), model.createBuffers()] as const;
+const pre = await Preprocessor.create({ spec: model.card.input, buffers, pool, backend });
+const slotModel = new ModelSlot(model);
+
+/** Runs `n` frames in `mode`; returns frames per second and the stage stats. */
+async function run(mode: 'pipelined' | 'sequential', n: number, onFrame?: (i: number) => void) {
+  const slot = new FrameSlot({ capacity: 2 });
+  const stats = new StageStats(1024, n);
+  let sink = 0;
+  const pipeline = new DevicePipeline({
+    slot,
+    preprocessor: pre,
+    model: slotModel,
+    buffers,
+    mode,
+    stats,
+    onInference: (inf) => {
+      sink += inf.label;
+    },
+  });
+  const t0 = performance.now();
+  const done = pipeline.run();
+  for (let i = 0; i < n; i++) {
+    await slot.waitForRoom();
+    let f = pool.acquire();
+    while (f === null) {
+      await yieldNow();
+      f = pool.acquire();
+    }
+    f.roi = useRoi ? rois[f.slot] : null;
+    f.width = 640;
+    f.height = 480;
+    f.frameId = i;
+    f.captureTime = wallClock();
+    slot.push(f);
+    onFrame?.(i);
+  }
+  slot.close();
+  await done;
+  const seconds = (performance.now() - t0) / 1000;
+  if (pipeline.errors > 0) throw new Error(`${pipeline.errors} frames failed`);
+  return { fps: n / seconds, stats, sink };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+await run('sequential', 200);
+await run('pipelined', 200);
+const seqFps: number[] = [];
+const pipeFps: number[] = [];
+const preMs: number[] = [];
+const infMs: number[] = [];
+const pipePreMs: number[] = [];
+const pipeInfMs: number[] = [];
+for (let r = 0; r < ROUNDS; r++) {
+  const s = await run('sequential', FRAMES);
+  seqFps.push(s.fps);
+  preMs.push(s.stats.median('preprocess'));
+  infMs.push(s.stats.median('infer'));
+  const p = await run('pipelined', FRAMES);
+  pipeFps.push(p.fps);
+  pipePreMs.push(p.stats.median('preprocess'));
+  pipeInfMs.push(p.stats.median('infer'));
+}
+
+let alloc: Record<string, number> | null = null;
+if (ALLOC_FRAMES > 0) {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  const gcs = { minor: 0, major: 0, incremental: 0, weak: 0 };
+  const kinds: Record<number, keyof typeof gcs> = { 1: 'minor', 2: 'major', 4: 'incremental', 8: 'weak' };
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const k = kinds[(e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind ?? 0];
+      if (k) gcs[k]++;
+    }
+  });
+  await run('pipelined', 500);
+  gc?.();
+  const before = process.memoryUsage();
+  obs.observe({ entryTypes: ['gc'] });
+  let last = process.memoryUsage().heapUsed;
+  let grown = 0;
+  await run('pipelined', ALLOC_FRAMES, (i) => {
+    if (i % 100 === 99) {
+      const now = process.memoryUsage().heapUsed;
+      if (now > last) grown += now - last;
+      last = now;
+    }
+  });
+  await yieldNow();
+  obs.disconnect();
+  gc?.();
+  const after = process.memoryUsage();
+  alloc = {
+    frames: ALLOC_FRAMES,
+    bytesPerFrame: Math.round(grown / ALLOC_FRAMES),
+    minorGcs: gcs.minor,
+    majorGcs: gcs.major + gcs.incremental,
+    heapDeltaBytes: gc ? after.heapUsed - before.heapUsed : Number.NaN,
+    arrayBuffersDeltaBytes: after.arrayBuffers - before.arrayBuffers,
+  };
+}
+
+const preprocessMs = median(preMs);
+const inferMs = median(infMs);
+const pipelinedFps = median(pipeFps);
+const sequentialFps = median(seqFps);
+const report = {
+  pipelinedFps: round(pipelinedFps, 1),
+  sequentialFps: round(sequentialFps, 1),
+  preprocessMs: round(preprocessMs, 4),
+  inferMs: round(inferMs, 4),
+  speedup: round(pipelinedFps / sequentialFps, 3),
+  /** Pipelined fps relative to the bound 1 / max(stage). */
+  boundFraction: round(pipelinedFps / (1000 / Math.max(preprocessMs, inferMs)), 3),
+  pipelinedStageMs: { preprocess: round(median(pipePreMs), 4), infer: round(median(pipeInfMs), 4) },
+  backend,
+  backendWhy: why,
+  input: useRoi ? 'roi' : 'full-frame',
+  frames: FRAMES,
+  rounds: ROUNDS,
+  cores: (await import('node:os')).availableParallelism(),
+  alloc,
+};
+await pre.close();
+await model.dispose();
+
+function round(x: number, d: number): number {
+  return Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : x;
+}
+
+if (v.json) {
+  process.stdout.write(`${JSON.stringify(report)}\n`);
+} else {
+  const r = report;
+  process.stdout.write(
+    [
+      `device pipeline, ${r.input} 640x480 → ${model.card.input.width}x${model.card.input.height}, backend ${r.backend} (${r.backendWhy})`,
+      `  stages (sequential medians): preprocess ${r.preprocessMs} ms, infer ${r.inferMs} ms`,
+      `  sequential ${r.sequentialFps} fps, pipelined ${r.pipelinedFps} fps: ${r.speedup}x, ${r.boundFraction} of 1/max(stage)`,
+      alloc
+        ? `  allocation over ${alloc.frames} frames: ~${alloc.bytesPerFrame} B/frame, ${alloc.minorGcs} minor / ${alloc.majorGcs} major GCs, heap Δ ${alloc.heapDeltaBytes} B, ArrayBuffers Δ ${alloc.arrayBuffersDeltaBytes} B`
+        : '',
+    ].join('\n') + '\n',
+  );
+}

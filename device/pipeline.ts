@@ -1,0 +1,216 @@
+/**
+ * The device's frame loop, double-buffered: while the INT8 student infers frame n from buffer A
+ * (onnxruntime-node runs on the main thread), frame n+1 is preprocessed into buffer B off the
+ * main thread (native kernel on the libuv pool, or a worker thread); then the buffers swap.
+ * `sequential` mode runs the same stages one after the other on one buffer (the baseline the
+ * benchmark compares with, and the reference the tests check the pipelined results against).
+ *
+ * Each inferred frame is handed to a synchronous handler with its calibrated top-1 (softmax at
+ * the card's temperature); the handler decides and copies whatever it keeps, and the frame goes
+ * back to its pool when the handler returns. Steady state allocates no buffers: frames come from
+ * a pool, inputs and logits are preallocated per buffer, inference runs through
+ * `OnnxClassifier.runInto`, and stage timings go to preallocated rings.
+ */
+import type { InferenceBuffers, OnnxClassifier } from '../models/runtime.ts';
+import type { FrameSlot } from './frame-slot.ts';
+import { type CameraFrame, wallClock } from './frames.ts';
+import type { ModelSlot } from './model-slot.ts';
+import type { Preprocessor } from './preprocessor.ts';
+import { StageStats } from './stage-stats.ts';
+
+/** One inferred frame, as the handler sees it. Reused: valid only during the handler call. */
+export interface Inference {
+  frame: CameraFrame;
+  /** The model input (card layout, normalized floats). */
+  readonly input: Float32Array;
+  readonly logits: Float32Array;
+  /** Temperature-scaled softmax of the logits. */
+  readonly probs: Float32Array;
+  label: number;
+  confidence: number;
+  /** The model that ran (its card gives version and temperature). */
+  model: OnnxClassifier;
+  /** Capture → preprocessing start, preprocessing, inference (ms). */
+  queueMs: number;
+  preprocessMs: number;
+  inferMs: number;
+}
+
+/** Options of {@link DevicePipeline}. */
+export interface PipelineOptions {
+  slot: FrameSlot;
+  preprocessor: Preprocessor;
+  model: ModelSlot;
+  /** The two inference buffers A and B (the same the preprocessor writes). */
+  buffers: readonly [InferenceBuffers, InferenceBuffers];
+  /** Default 'pipelined'. */
+  mode?: 'pipelined' | 'sequential';
+  /** Called for every inferred frame; must not keep `inf` or its arrays after returning. */
+  onInference: (inf: Inference) => void;
+  /** A frame that could not be processed (it is released afterwards). */
+  onError?: (frame: CameraFrame, err: unknown) => void;
+  stats?: StageStats;
+}
+
+/** Calibrated softmax into `out`; returns the top-1 index. */
+export function softmaxInto(logits: Float32Array, temperature: number, out: Float32Array): number {
+  let max = Number.NEGATIVE_INFINITY;
+  let arg = 0;
+  for (let k = 0; k < logits.length; k++) {
+    if (logits[k] > max) {
+      max = logits[k];
+      arg = k;
+    }
+  }
+  const inv = 1 / temperature;
+  let sum = 0;
+  for (let k = 0; k < logits.length; k++) sum += Math.exp((logits[k] - max) * inv);
+  for (let k = 0; k < logits.length; k++) out[k] = Math.exp((logits[k] - max) * inv) / sum;
+  return arg;
+}
+
+class FrameState implements Inference {
+  frame!: CameraFrame;
+  label = 0;
+  confidence = 0;
+  model!: OnnxClassifier;
+  queueMs = 0;
+  preprocessMs = 0;
+  inferMs = 0;
+  readonly probs: Float32Array;
+  readonly run: (m: OnnxClassifier) => Promise<Float32Array>;
+  constructor(readonly buffers: InferenceBuffers) {
+    this.probs = new Float32Array(buffers.logits.length);
+    // Bound once, so that each inference passes the same function (no closure per frame).
+    this.run = (m) => {
+      this.model = m;
+      return m.runInto(buffers);
+    };
+  }
+  get input(): Float32Array {
+    return this.buffers.input;
+  }
+  get logits(): Float32Array {
+    return this.buffers.logits;
+  }
+}
+
+export class DevicePipeline {
+  readonly mode: 'pipelined' | 'sequential';
+  readonly stats: StageStats;
+  readonly #o: PipelineOptions;
+  readonly #states: [FrameState, FrameState];
+  #processed = 0;
+  #errors = 0;
+  #running: Promise<void> | null = null;
+
+  constructor(opts: PipelineOptions) {
+    this.#o = opts;
+    this.mode = opts.mode ?? 'pipelined';
+    this.stats = opts.stats ?? new StageStats();
+    this.#states = [new FrameState(opts.buffers[0]), new FrameState(opts.buffers[1])];
+  }
+
+  /** Frames handed to the handler so far. */
+  get processed(): number {
+    return this.#processed;
+  }
+
+  /** Frames that failed in preprocessing or inference. */
+  get errors(): number {
+    return this.#errors;
+  }
+
+  /** Runs until the slot is closed and empty. Calling it again returns the same run. */
+  run(): Promise<void> {
+    this.#running ??= this.mode === 'sequential' ? this.#sequential() : this.#pipelined();
+    return this.#running;
+  }
+
+  async #sequential(): Promise<void> {
+    const slot = this.#o.slot;
+    for (;;) {
+      const f = slot.poll() ?? (await slot.take());
+      if (f === null) return;
+      if (await this.#prep(f, 0)) await this.#inferAndHandle(0);
+    }
+  }
+
+  async #pipelined(): Promise<void> {
+    const slot = this.#o.slot;
+    let cur = slot.poll() ?? (await slot.take());
+    let b: 0 | 1 = 0;
+    let ok = cur !== null && (await this.#prep(cur, b));
+    while (cur !== null) {
+      let next = slot.poll();
+      const nb: 0 | 1 = b === 0 ? 1 : 0;
+      // Frame n+1 is preprocessed off the main thread while frame n is inferred.
+      let pending = next !== null ? this.#prep(next, nb) : null;
+      if (ok) await this.#inferAndHandle(b);
+      if (next === null) {
+        next = await slot.take();
+        if (next === null) return;
+        pending = this.#prep(next, nb);
+      }
+      ok = await (pending as Promise<boolean>);
+      cur = next;
+      b = nb;
+    }
+  }
+
+  /** Preprocesses into buffer `b`; false (frame released, error reported) on failure. */
+  async #prep(frame: CameraFrame, b: 0 | 1): Promise<boolean> {
+    const s = this.#states[b];
+    s.frame = frame;
+    const t0 = performance.now();
+    s.queueMs = performance.timeOrigin + t0 - frame.captureTime;
+    try {
+      await this.#o.preprocessor.run(frame, b);
+    } catch (err) {
+      this.#fail(frame, err);
+      return false;
+    }
+    s.preprocessMs = performance.now() - t0;
+    return true;
+  }
+
+  async #inferAndHandle(b: 0 | 1): Promise<void> {
+    const s = this.#states[b];
+    const frame = s.frame;
+    const t0 = performance.now();
+    try {
+      await this.#o.model.run(s.run);
+    } catch (err) {
+      this.#fail(frame, err);
+      return;
+    }
+    const t1 = performance.now();
+    s.inferMs = t1 - t0;
+    s.label = softmaxInto(s.buffers.logits, s.model.card.temperature, s.probs);
+    s.confidence = s.probs[s.label];
+    try {
+      this.#o.onInference(s);
+    } catch (err) {
+      this.#fail(frame, err);
+      return;
+    }
+    const t2 = performance.now();
+    const st = this.stats;
+    st.record('queue', s.queueMs);
+    st.record('preprocess', s.preprocessMs);
+    st.record('infer', s.inferMs);
+    st.record('decide', t2 - t1);
+    st.record('total', wallClock() - frame.captureTime);
+    this.#processed++;
+    frame.release();
+  }
+
+  #fail(frame: CameraFrame, err: unknown): void {
+    this.#errors++;
+    try {
+      this.#o.onError?.(frame, err);
+    } finally {
+      frame.release();
+    }
+  }
+}

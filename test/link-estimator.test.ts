@@ -145,7 +145,7 @@ describe('LinkEstimator', () => {
         t += 100;
         e.observe(t, BYTES, RTT + 10);
       }
-      e.observe(t + gap, BYTES, RTT + 14);
+      e.observe(t + gap, BYTES, RTT + 11.5);
       return predicted(e, t + gap);
     };
     assert.ok(run(3000) > run(100) + 0.5, `${run(3000)} vs ${run(100)}`);
@@ -194,32 +194,51 @@ describe('LinkEstimator', () => {
 });
 
 describe('RobustEwma', () => {
-  const opts = { ...CFG, minDeviation: 0.01, halfLifeMs: 0 };
-
-  it('clips a lone outlier and restarts on a sustained step', () => {
+  const opts = { ...CFG, minDeviation: 0.01, minDeviationRatio: 0, halfLifeMs: 0 };
+  const steady = () => {
     const e = new RobustEwma(opts);
     for (let i = 0; i < 20; i++) e.update(i * 10, 10 + (i % 2));
-    assert.equal(e.update(200, 100), 'clipped');
-    assert.ok(e.mean < 12);
+    return e;
+  };
+
+  it('leaves a lone outlier out of the body and restarts on a sustained step', () => {
+    const e = steady();
+    const m = e.mean;
+    assert.equal(e.update(200, 100), 'outlier');
+    assert.equal(e.mean, m);
     assert.equal(e.update(210, 100), 'change');
     assert.ok(Math.abs(e.mean - 100) < 1e-9);
     assert.equal(e.changes, 1);
   });
 
-  it('outliers further apart than the change window do not add up', () => {
-    const e = new RobustEwma(opts);
-    for (let i = 0; i < 20; i++) e.update(i * 10, 10 + (i % 2));
-    assert.equal(e.update(1000, 100), 'clipped');
-    assert.equal(e.update(1000 + opts.changeWindowMs + 1, 100), 'clipped');
-    assert.equal(e.changes, 0);
+  it('outliers in a row add up however far apart; with inliers between, only within the window', () => {
+    const a = steady();
+    assert.equal(a.update(1000, 100), 'outlier');
+    assert.equal(a.update(1000 + 10 * opts.changeWindowMs, 100), 'change');
+    const b = steady();
+    assert.equal(b.update(1000, 100), 'outlier');
+    assert.equal(b.update(1010, 10.5), 'inlier');
+    assert.equal(b.update(1000 + opts.changeWindowMs + 1, 100), 'outlier');
+    assert.equal(b.changes, 0);
+    assert.equal(b.update(1000 + opts.changeWindowMs + 2, 100), 'change');
   });
 
-  it('a censored sample never lowers the mean', () => {
+  it('after a step up, one sample back at the old level restores it', () => {
+    const e = steady();
+    e.update(300, 100);
+    e.update(310, 100);
+    assert.equal(e.update(320, 10.5), 'restore');
+    assert.ok(e.mean < 11);
+  });
+
+  it('a censored sample never lowers the mean; two in a row raise it past the bound', () => {
     const e = new RobustEwma(opts);
     for (let i = 0; i < 20; i++) e.update(i * 10, 50);
     const m = e.mean;
     e.update(300, 1, true);
-    assert.ok(e.mean > m);
+    assert.ok(e.mean >= m);
+    e.update(310, 1, true);
+    assert.ok(e.mean > m + opts.outlierK * opts.minDeviation);
   });
 
   it('rejects non-finite samples', () => {

@@ -105,7 +105,7 @@ export type EstimatorConfig = Static<typeof EstimatorConfig>;
 
 /** Defaults of every setting; documented values are the ones measured with `cascade bench policy`. */
 export const DEFAULT_POLICY_CONFIG: Readonly<PolicyConfig> = Object.freeze({
-  deadlineTarget: 0.8,
+  deadlineTarget: 0.6,
   deadlineHitGoal: 0.993,
   missBurst: 3,
   missCost: 0.1,

@@ -1,9 +1,13 @@
 /**
  * A robust running estimate of one noisy quantity: an EWMA of the mean and of the mean absolute
- * deviation (TCP's SRTT/RTTVAR, RFC 6298), with outliers clipped to `outlierK` deviations so one
- * spike barely moves it, and a step-change detector: `changeCount` outliers on the same side
- * within `changeWindowMs` mean the level moved, and the estimate restarts from those samples.
- * Pure: times come from the caller.
+ * deviation (TCP's SRTT/RTTVAR, RFC 6298) of its body, and a step-change detector.
+ *
+ * A sample further than `outlierK` deviations from the mean is an outlier and leaves the body
+ * alone: delays on cellular links are bimodal (a fast mode and fades or scheduling gaps), and
+ * averaging the two modes describes neither; how often outliers happen is the tail calibrator's
+ * business. `changeCount` outliers in a row on the same side, or within `changeWindowMs` of each
+ * other, mean the level moved: the estimate restarts from them. After a step up, a sample back
+ * inside the old band restores the old level at once. Pure: times come from the caller.
  */
 
 /** Settings of a {@link RobustEwma}; see PolicyConfig.estimator for the defaults. */
@@ -30,12 +34,14 @@ export interface RobustEwmaOptions {
 }
 
 /** What {@link RobustEwma.update} did with a sample. */
-export type SampleFate = 'first' | 'inlier' | 'clipped' | 'change' | 'restore';
+export type SampleFate = 'first' | 'inlier' | 'outlier' | 'change' | 'restore';
 
 interface Outlier {
   at: number;
   value: number;
   side: 1 | -1;
+  /** No inlier came after it. */
+  inRun: boolean;
 }
 
 export class RobustEwma {
@@ -124,13 +130,17 @@ export class RobustEwma {
     let r = value - this.#mean;
     if (lowerBound && r < bound) r = bound * 1.000001; // a timeout is never good news
     if (Math.abs(r) <= bound) {
-      this.#outliers.length = 0;
+      // An inlier ends the run of outliers; recent ones may still add up within the window.
+      for (const x of this.#outliers) x.inRun = false;
       this.#step(r, alpha, beta);
       return 'inlier';
     }
     const side: 1 | -1 = r > 0 ? 1 : -1;
-    const recent = this.#outliers.filter((x) => x.side === side && at - x.at <= o.changeWindowMs);
-    recent.push({ at, value: lowerBound ? Math.max(value, this.#mean + r) : value, side });
+    // Outliers in a row all count, others only within the window.
+    const recent = this.#outliers.filter(
+      (x) => x.side === side && (x.inRun || at - x.at <= o.changeWindowMs),
+    );
+    recent.push({ at, value: lowerBound ? Math.max(value, this.#mean + r) : value, side, inRun: true });
     this.#outliers = recent;
     if (recent.length >= o.changeCount) {
       // The level moved: restart from the outlying samples instead of creeping towards them.
@@ -149,8 +159,7 @@ export class RobustEwma {
       this.#changes++;
       return 'change';
     }
-    this.#step(side * bound, alpha, beta);
-    return 'clipped';
+    return 'outlier';
   }
 
   #step(r: number, alpha: number, beta: number): void {

@@ -27,6 +27,10 @@ const COMMANDS: Record<string, Command> = {
     summary: 'signed model updates: keygen, init, add-target, sign, publish, verify, status (TUF)',
     run: async (argv) => (await import('../ota/cli.ts')).main(argv),
   },
+  device: {
+    summary: 'camera runtime: frames → INT8 student → policy → offload over MQTT (cascade device --help)',
+    run: async (argv) => (await import('../device/main.ts')).main(argv),
+  },
   gateway: {
     summary: 'MEC gateway: MQTT offloads + KServe v2 HTTP, dynamic batching, forwards to the cloud',
     run: async (argv) => (await import('../gateway/cli.ts')).main(argv),

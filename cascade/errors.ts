@@ -86,6 +86,10 @@ export const ErrorCodes = {
   CLOUD_ERR_UPSTREAM: 'CLOUD_ERR_UPSTREAM',
   /** A cloud request has no or a wrong bearer token (HTTP 401). */
   CLOUD_ERR_UNAUTHORIZED: 'CLOUD_ERR_UNAUTHORIZED',
+  /** A camera source failed: ffmpeg missing or exiting with an error, an unreadable image folder. */
+  DEV_ERR_SOURCE: 'DEV_ERR_SOURCE',
+  /** `cascade demo` could not start or run one of its processes (the message names it). */
+  DEMO_ERR_PROCESS: 'DEMO_ERR_PROCESS',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

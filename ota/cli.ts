@@ -109,9 +109,12 @@ function need(v: string | undefined, name: string): string {
   return v;
 }
 
-function out(line: string): void {
+/** Where the CLI prints its result lines (tests capture them). */
+export type Print = (line: string) => void;
+
+const stdout: Print = (line) => {
   process.stdout.write(`${line}\n`);
-}
+};
 
 function passphrase(v: Values): string | undefined {
   const name = v['passphrase-env'];
@@ -163,7 +166,7 @@ async function readJsonFile(path: string): Promise<unknown> {
   }
 }
 
-async function cmdSign(v: Values): Promise<void> {
+async function cmdSign(v: Values, out: Print): Promise<void> {
   if (v.file !== undefined) {
     const md: AnyMetadata = parseAnyMetadata(await readJsonFile(v.file), v.file);
     if (v.payload !== undefined) {
@@ -220,7 +223,7 @@ async function announce(url: string, timestamp: number): Promise<void> {
   }
 }
 
-async function cmdVerify(v: Values): Promise<void> {
+async function cmdVerify(v: Values, out: Print): Promise<void> {
   const target = need(v.repo, '--repo');
   const rootFile = need(v.root, '--root');
   const local = await stat(target)
@@ -275,7 +278,7 @@ async function cmdVerify(v: Values): Promise<void> {
   }
 }
 
-async function cmdStatus(v: Values): Promise<void> {
+async function cmdStatus(v: Values, out: Print): Promise<void> {
   const repo = await OtaRepository.open(need(v.repo, '--repo'));
   const s = await repo.status(new Date());
   if (v.json) {
@@ -302,8 +305,11 @@ function days(v: Values, role: RoleName): number | undefined {
   return d === undefined ? undefined : Math.round(d * 86_400);
 }
 
-/** Runs `cascade ota` with its arguments. */
-export async function main(argv: string[]): Promise<void> {
+/**
+ * Runs `cascade ota` with its arguments.
+ * @param out receives each output line; default: stdout.
+ */
+export async function main(argv: string[], out: Print = stdout): Promise<void> {
   const { values: v, positionals } = parse(argv, OPTIONS, true);
   const cmd = positionals[0];
   if (v.help || cmd === undefined) {
@@ -349,22 +355,24 @@ export async function main(argv: string[]): Promise<void> {
       return;
     }
     case 'add-target': {
-      const repo = await OtaRepository.open(need(v.repo, '--repo'));
-      const r = await repo.addModel({
+      // Arguments first: a typo is reported before any file is touched.
+      const opts = {
         cardPath: need(v.card, '--card'),
         hardwareClass: need(v['hardware-class'], '--hardware-class'),
         rollout: numberOpt('--rollout', v.rollout, { integer: true, min: 0, max: 100 }) ?? 100,
         release: numberOpt('--release', v.release, { integer: true, min: 1 }),
         keep: numberOpt('--keep', v.keep, { integer: true, min: 1 }),
         now,
-      });
+      };
+      const repo = await OtaRepository.open(need(v.repo, '--repo'));
+      const r = await repo.addModel(opts);
       out(
         `${r.updated ? 'updated' : 'added'} release ${r.release}: ${r.model} + ${r.card}; sign targets next`,
       );
       return;
     }
     case 'sign':
-      return cmdSign(v);
+      return cmdSign(v, out);
     case 'publish': {
       const repo = await OtaRepository.open(need(v.repo, '--repo'));
       const r = await publish(repo, {
@@ -383,9 +391,9 @@ export async function main(argv: string[]): Promise<void> {
       return;
     }
     case 'verify':
-      return cmdVerify(v);
+      return cmdVerify(v, out);
     case 'status':
-      return cmdStatus(v);
+      return cmdStatus(v, out);
     case 'serve': {
       const srv = await serveStatic(need(v.dir, '--dir'), {
         port: numberOpt('--port', v.port, { integer: true, min: 0, max: 65535 }) ?? 8080,

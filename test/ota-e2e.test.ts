@@ -44,18 +44,9 @@ after(async () => {
 
 /** Runs `cascade ota …` in this process; returns what it printed. */
 async function cli(...argv: string[]): Promise<string> {
-  const write = process.stdout.write;
-  let out = '';
-  process.stdout.write = ((chunk: string | Uint8Array) => {
-    out += chunk.toString();
-    return true;
-  }) as typeof process.stdout.write;
-  try {
-    await ota(argv);
-  } finally {
-    process.stdout.write = write;
-  }
-  return out;
+  const lines: string[] = [];
+  await ota(argv, (l) => lines.push(l));
+  return lines.join('\n');
 }
 
 async function mqttClient(): Promise<MqttClient> {

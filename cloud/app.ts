@@ -5,6 +5,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import rateLimit from '@fastify/rate-limit';
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
@@ -284,6 +285,9 @@ export async function buildCloudApp(config: Readonly<CloudConfig>, deps: CloudDe
     return503OnClosing: true,
   });
   jsonErrors(http);
+  // Before the routes: the plugin attaches to routes registered after it.
+  if (config.rateLimitPerMinute > 0)
+    await http.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000 });
   http.addHook('onSend', async (req, reply, payload) => {
     if (req.url.includes('/infer')) {
       if (typeof payload === 'string') metrics.sent.inc(Buffer.byteLength(payload));

@@ -33,6 +33,11 @@ export const CloudConfigSchema = Type.Object(
     httpHost: Type.String({ default: '0.0.0.0' }),
     httpPort: Type.Integer({ minimum: 0, maximum: 65535, default: 8081 }),
     bodyLimitBytes: Type.Integer({ minimum: 1024, default: 16 * 1024 * 1024 }),
+    /**
+     * HTTP requests per minute per client address (429 with Retry-After beyond); 0: no limit.
+     * The clients are gateways, few and busy: the default bounds a runaway or hostile one.
+     */
+    rateLimitPerMinute: Type.Integer({ minimum: 0, default: 120_000 }),
     /** Require `Authorization: Bearer <token>` on inference and metadata. */
     auth: Type.Boolean({ default: true }),
     token: Type.Optional(Type.String({ minLength: 8 })),

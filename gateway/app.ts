@@ -5,6 +5,7 @@
  * `app.http.inject()` or listen on port 0 themselves.
  */
 import { readFile } from 'node:fs/promises';
+import rateLimit from '@fastify/rate-limit';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Scheduler } from '../cascade/batcher.ts';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
@@ -160,6 +161,9 @@ export async function buildApp(config: Readonly<GatewayConfig>, deps: GatewayDep
     return503OnClosing: true,
   });
   jsonErrors(http);
+  // Before the routes: the plugin attaches to routes registered after it.
+  if (config.rateLimitPerMinute > 0)
+    await http.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000 });
   await http.register(opsRoutes, {
     registry: metrics.registry,
     ready: () => ({

@@ -47,6 +47,8 @@ export const GatewayConfigSchema = Type.Object(
     httpPort: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
     /** Largest HTTP request body. */
     bodyLimitBytes: Type.Integer({ minimum: 1024, default: 4 * 1024 * 1024 }),
+    /** HTTP requests per minute per client address (429 with Retry-After beyond); 0: no limit. */
+    rateLimitPerMinute: Type.Integer({ minimum: 0, default: 12_000 }),
     /** Model card path; default the registry's gateway model. */
     model: Type.Optional(Type.String({ minLength: 1 })),
     /** Registry file; default models/registry.json. */

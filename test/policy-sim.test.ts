@@ -28,6 +28,18 @@ function card(tier: 'device' | 'gateway' | 'cloud'): ModelCard {
   return parseModelCard(JSON.parse(text), `${tier} card`);
 }
 
+/** The installed device card with a fixed reliability table, so retrained models change nothing here. */
+function deviceCard(): ModelCard {
+  return {
+    ...card('device'),
+    thresholds: { accept: 0.6 },
+    reliability: [
+      { lo: 0.2, hi: 0.4, n: 100, accuracy: 0.3, confidence: 0.3, next: { gateway: 0.6, cloud: 0.65 } },
+      { lo: 0.8, hi: 1, n: 1000, accuracy: 0.97, confidence: 0.97, next: { gateway: 0.97, cloud: 0.97 } },
+    ],
+  };
+}
+
 /**
  * Predictions with a known structure: the device is right on 3 images in 4 and unsure (0.3) on
  * the fourth, which the gateway and the cloud get right. Real cards, synthetic predictions, so
@@ -60,7 +72,7 @@ function syntheticData(n = 400): SimData {
     deviceMs: 1,
     gatewayBatchMs: [0.1, 0.15, 0.25, 0.45, 0.9, 1.8],
     cloudMs: 0.5,
-    cards: { device: card('device'), gateway: card('gateway'), cloud: card('cloud') },
+    cards: { device: deviceCard(), gateway: card('gateway'), cloud: card('cloud') },
     cachePath: '',
     cached: true,
   };

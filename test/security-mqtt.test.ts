@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { startGateway, sumMetric } from '../bench/load/gateways.ts';
 import { type MosquittoBroker, mosquittoPath, startMosquitto, toolPath } from '../bench/load/mosquitto.ts';
 import { MqttConnection } from '../cascade/mqtt.ts';
 import { decode, encode, newTrace, Topics } from '../cascade/protocol.ts';
@@ -297,5 +298,66 @@ describe('MQTT security with the shipped Mosquitto config and ACL', { skip: miss
     await assert.rejects(attempt(broker.port2, { username: 'cam-p', password: 'wrong' }), 'wrong password');
     await assert.rejects(attempt(broker.port2, {}), 'anonymous');
     await assert.rejects(attempt(broker.port2, { username: 'cam-z', password: 's3cret-p' }), 'unknown user');
+  });
+  it('gateway process as deployed (password listener, NODE_EXTRA_CA_CERTS): rejects an envelope naming another device on a device’s own topic', async () => {
+    // What the ACL cannot see: cam-a may publish on its own topic, but the envelope inside claims
+    // to be cam-b. The gateway checks the envelope against the topic (reject reason `topic`)
+    // and answers nobody; cam-a's honest frame is answered.
+    const gw = await startGateway({
+      broker: `mqtts://localhost:${broker.port2}`,
+      name: 'gateway-tls',
+      args: ['--protocol', '5', '--shared-group', 'topic-check'],
+      env: {
+        NODE_EXTRA_CA_CERTS: join(certs, 'ca.crt'),
+        CASCADE_GATEWAY_MQTT_USERNAME: 'cascade-gateway',
+        CASCADE_GATEWAY_MQTT_PASSWORD: 'gw-secret',
+      },
+    });
+    open.push({ close: async () => void (await gw.stop()) });
+    const a = await device('cam-a', 5);
+    const b = await device('cam-b', 5);
+    const seenA = collect(a.client);
+    const seenB = collect(b.client);
+    await a.client.subscribeAsync(Topics.answer('cam-a'), { qos: 1 });
+    await b.client.subscribeAsync(Topics.answer('cam-b'), { qos: 1 });
+    const tensor = encode({
+      kind: 'offload',
+      deviceId: 'cam-a',
+      frameId: 41,
+      captureTime: Date.now(),
+      budgetLeftMs: 5000,
+      modelVersion: 'test',
+      topk: [{ label: 1, prob: 0.4 }],
+      trace: newTrace(randomBytes),
+      contentType: 'tensorU8',
+      tensor: {
+        layout: 'NCHW',
+        channels: 1,
+        height: 28,
+        width: 28,
+        scale: 1 / 255,
+        zeroPoint: 0,
+        mean: [0],
+        std: [1],
+      },
+      privacy: false,
+      payload: new Uint8Array(28 * 28).fill(90),
+    });
+    const spoof = Buffer.from(tensor);
+    // Same envelope with the device id rewritten to cam-b (same length, so no re-encoding).
+    spoof.write('cam-b', spoof.indexOf('cam-a'), 'utf8');
+    assert.equal(decode(spoof).deviceId, 'cam-b');
+    await a.client.publishAsync(Topics.offload('cam-a'), spoof, { qos: 1 });
+    await a.client.publishAsync(Topics.offload('cam-a'), tensor, { qos: 1 });
+    await until('the honest answer', () => seenA.some((m) => m.frameId === 41), 15_000);
+    const text = await gw.metrics();
+    assert.equal(sumMetric(text, 'cascade_gateway_rejects_total', ['reason="topic"']), 1);
+    assert.equal(sumMetric(text, 'cascade_gateway_requests_total', ['transport="mqtt"']), 1);
+    assert.deepEqual(seenB, [], 'no answer reached cam-b');
+    assert.deepEqual(
+      seenA.map((m) => m.frameId),
+      [41],
+    );
+    assert.ok(!gw.log.join('\n').includes('gw-secret'), 'the MQTT password is not logged');
   });
 });

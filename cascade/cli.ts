@@ -31,6 +31,10 @@ const COMMANDS: Record<string, Command> = {
     summary: 'camera runtime: frames → INT8 student → policy → offload over MQTT (cascade device --help)',
     run: async (argv) => (await import('../device/main.ts')).main(argv),
   },
+  demo: {
+    summary: 'the whole cascade on this machine: broker, cloud, gateway, 4 replay cameras (start here)',
+    run: async (argv) => (await import('./demo/cli.ts')).main(argv),
+  },
   gateway: {
     summary: 'MEC gateway: MQTT offloads + KServe v2 HTTP, dynamic batching, forwards to the cloud',
     run: async (argv) => (await import('../gateway/cli.ts')).main(argv),

@@ -295,14 +295,15 @@ export class DeviceApp {
   /**
    * Starts the ops server, the broker connection (waiting up to `connectWaitMs` for it, so the
    * first frames can already offload; the device runs without it too), the policy file watcher,
-   * the OTA agent, then the camera and the pipeline. Calling it again returns the same promise.
+   * the OTA agent, then, once `beforeCamera` resolves (a start barrier shared by several cameras),
+   * the camera and the pipeline. Calling it again returns the same promise.
    */
-  start(connectWaitMs = 3000): Promise<void> {
-    this.#started ??= this.#start(connectWaitMs);
+  start(opts: { connectWaitMs?: number; beforeCamera?: () => Promise<void> } = {}): Promise<void> {
+    this.#started ??= this.#start(opts.connectWaitMs ?? 3000, opts.beforeCamera);
     return this.#started;
   }
 
-  async #start(connectWaitMs: number): Promise<void> {
+  async #start(connectWaitMs: number, beforeCamera?: () => Promise<void>): Promise<void> {
     const { config, logger } = this;
     if (config.http.port !== null) {
       const http = Fastify({ logger: false });
@@ -342,6 +343,8 @@ export class DeviceApp {
       );
     }
     if (config.ota.url !== null) await this.#startOta(config.ota.url);
+    await beforeCamera?.();
+    if (this.#shutdown.stopping) return;
     this.#pump = this.#pumpFrames();
     this.#run = this.pipeline.run();
     // The source's end is a shutdown too: drain, publish, close.

@@ -46,6 +46,8 @@ Runtime:
   --config FILE        JSON config file (keys as in device/config.ts)
   --log-level L        ${LOG_LEVELS.join(', ')} (default info)
   --json               print a JSON report at the end (logs go to stderr)
+  --wait-start         load and connect, print {"event":"ready"} on stdout, then start the camera
+                       when a line arrives on stdin (several cameras starting together)
 
 Environment: CASCADE_DEVICE_<KEY> for any config key, e.g. CASCADE_DEVICE_BROKER_URL.`;
 
@@ -78,6 +80,7 @@ const OPTIONS = {
   'ota-dir': { type: 'string' },
   'log-level': { type: 'string' },
   json: { type: 'boolean' },
+  'wait-start': { type: 'boolean' },
 } as const;
 
 function shardOpt(raw: string | undefined): { index: number; count: number } | undefined {
@@ -95,6 +98,7 @@ export function flagsToConfig(argv: string[]): {
   file?: string;
   json: boolean;
   help: boolean;
+  waitStart: boolean;
 } {
   const { values: v, positionals } = parse(argv, OPTIONS);
   if (positionals.length > 0) {
@@ -129,7 +133,28 @@ export function flagsToConfig(argv: string[]): {
     ota: { url: v.ota, trustedRoot: v['ota-root'], dir: v['ota-dir'] },
     log: { level: choiceOpt('--log-level', v['log-level'], LOG_LEVELS) },
   };
-  return { flags, file: v.config, json: v.json === true, help: v.help === true };
+  return {
+    flags,
+    file: v.config,
+    json: v.json === true,
+    help: v.help === true,
+    waitStart: v['wait-start'] === true,
+  };
+}
+
+/** Announces readiness on stdout and resolves at the first line on stdin (or its end). */
+function readyThenWait(deviceId: string): Promise<void> {
+  process.stdout.write(`${JSON.stringify({ event: 'ready', deviceId })}\n`);
+  return new Promise((resolve) => {
+    const done = () => {
+      process.stdin.off('data', done);
+      process.stdin.off('end', done);
+      process.stdin.pause();
+      resolve();
+    };
+    process.stdin.on('data', done);
+    process.stdin.on('end', done);
+  });
 }
 
 /** Runs `cascade device` with its arguments. */
@@ -161,11 +186,12 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   try {
-    await app.start();
+    await app.start({ beforeCamera: args.waitStart ? () => readyThenWait(config.deviceId) : undefined });
     const report: DeviceReport = await app.finished;
     logger.info({ report }, 'device stopped');
     if (args.json) process.stdout.write(`${JSON.stringify(report)}\n`);
   } finally {
+    if (args.waitStart) process.stdin.destroy();
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
     logger.flush();

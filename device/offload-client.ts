@@ -65,6 +65,7 @@ export interface OffloadClientOptions {
 
 interface Pending {
   sentAt: number;
+  deadlineAt: number;
   bytes: number;
   timer: NodeJS.Timeout;
   done: (o: OffloadOutcome) => void;
@@ -140,7 +141,13 @@ export class OffloadClient {
     const stale = this.#pending.get(frameId);
     if (stale) this.#settle(frameId, stale, { kind: 'miss', why: 'timeout' });
     const timer = setTimeout(() => this.#timeout(frameId), Math.max(0, deadlineMs));
-    this.#pending.set(frameId, { sentAt: now, bytes: msg.payload.length, timer, done });
+    this.#pending.set(frameId, {
+      sentAt: now,
+      deadlineAt: now + Math.max(0, deadlineMs),
+      bytes: msg.payload.length,
+      timer,
+      done,
+    });
     const opts =
       this.#o.protocolVersion === 5
         ? {
@@ -213,6 +220,14 @@ export class OffloadClient {
       return;
     }
     clearTimeout(p.timer);
+    if (at > p.deadlineAt) {
+      // The deadline passed while the event loop was busy: the answer is late, the miss stands.
+      this.#timeout(a.frameId);
+      this.counters.late++;
+      this.#missed.delete(a.frameId);
+      this.#observe(at, p.bytes, at - p.sentAt, a);
+      return;
+    }
     const rttMs = at - p.sentAt;
     this.#observe(at, p.bytes, rttMs, a);
     if (a.status === 'overloaded') this.#holdUntil = Math.max(this.#holdUntil, at + a.retryAfterMs);

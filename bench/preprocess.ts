@@ -17,46 +17,15 @@
  * rounds. Prints {"tsNsPerFrame","nativeNsPerFrame","sharpNsPerFrame","opencvNsPerFrame",...}.
  */
 import { readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import sharp from 'sharp';
 import { numberOpt, parse } from '../cascade/args.ts';
 import { parseModelCard } from '../models/card.ts';
 import { type Frame, inputLength, preprocess } from '../models/preprocess.ts';
 import { isNativeAvailable, loadPreprocessBinding } from '../native/binding.ts';
+import { loadOpenCv } from '../native/opencv.ts';
 import { preprocessNative, preprocessNativeSync } from '../native/preprocess.ts';
 
 type Method = () => void | Promise<void>;
-
-/** Minimal surface of @u4/opencv4nodejs used here. */
-interface OpenCv {
-  Mat: new (data: Buffer, rows: number, cols: number, type: number) => OpenCvMat;
-  Size: new (w: number, h: number) => unknown;
-  Vec3: new (a: number, b: number, c: number) => unknown;
-  CV_8UC3: number;
-  COLOR_RGB2GRAY: number;
-  COLOR_RGB2BGR: number;
-  blobFromImage(
-    img: OpenCvMat,
-    scale: number,
-    size: unknown,
-    mean: unknown,
-    swapRB: boolean,
-    crop: boolean,
-  ): OpenCvMat;
-}
-interface OpenCvMat {
-  cvtColor(code: number): OpenCvMat;
-  getData(): Buffer;
-}
-
-function loadOpenCv(): { cv: OpenCv | null; why: string } {
-  try {
-    const cv = createRequire(import.meta.url)('@u4/opencv4nodejs') as OpenCv;
-    return { cv, why: '' };
-  } catch (err) {
-    return { cv: null, why: (err instanceof Error ? err.message : String(err)).split('\n')[0] };
-  }
-}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -136,7 +105,7 @@ async function main(): Promise<void> {
     methods.native = () => preprocessNative(frame, spec, out);
     methods.nativeSync = () => preprocessNativeSync(frame, spec, out);
   }
-  const { cv, why: opencvWhy } = loadOpenCv();
+  const { cv, failures: opencvWhy } = loadOpenCv();
   if (cv) {
     const size = new cv.Size(spec.width, spec.height);
     const mean = new cv.Vec3(
@@ -175,7 +144,9 @@ async function main(): Promise<void> {
     rounds,
     framesPerRound: frames,
     nativeBinary: loadPreprocessBinding().path,
-    opencv: cv ? 'available' : `not installed (${opencvWhy})`,
+    opencv: cv
+      ? `OpenCV ${cv.version.major}.${cv.version.minor}.${cv.version.revision}`
+      : `not installed (${opencvWhy[0]})`,
   };
   if (v.json) {
     process.stdout.write(`${JSON.stringify(report)}\n`);

@@ -2,10 +2,10 @@
 # npm run setup:opencv — optional OpenCV path, never part of the default install.
 #
 # Installs Debian's OpenCV (libopencv-dev, ~870 MB) and builds @u4/opencv4nodejs against it
-# (OPENCV4NODEJS_DISABLE_AUTOBUILD=1: no OpenCV download and source build; about 4 minutes).
-# With it, bench:preprocess adds blobFromImage and the device can read frames through
-# cv.VideoCapture. It is installed with --no-save, so a later plain `npm install` prunes it:
-# run this script again afterwards.
+# (OPENCV4NODEJS_DISABLE_AUTOBUILD=1: no OpenCV download and source build). The addon goes to
+# its own folder, native/build/opencv, not the project's node_modules, so that a later
+# `npm install` (which prunes packages missing from package.json) does not remove it;
+# native/opencv.ts loads it from there. With it, bench:preprocess adds blobFromImage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +17,14 @@ if ! pkg-config --exists opencv4 2>/dev/null; then
 fi
 
 export OPENCV4NODEJS_DISABLE_AUTOBUILD=1
-export OPENCV_INCLUDE_DIR="$(pkg-config --variable=includedir opencv4)/opencv4"
+export OPENCV_INCLUDE_DIR="$(pkg-config --cflags-only-I opencv4 | sed -e "s/^ *-I//" -e "s/ .*//")"
 export OPENCV_LIB_DIR="$(pkg-config --variable=libdir opencv4)"
 export OPENCV_BIN_DIR=/usr/bin
-echo "setup:opencv: building @u4/opencv4nodejs against OpenCV $(pkg-config --modversion opencv4) ($OPENCV_LIB_DIR)"
-npm install --no-save --no-audit --no-fund --foreground-scripts @u4/opencv4nodejs
-node -e "const cv = require('@u4/opencv4nodejs'); console.log('setup:opencv: opencv4nodejs loads, OpenCV ' + cv.version.major + '.' + cv.version.minor + '.' + cv.version.revision)"
+prefix=native/build/opencv
+mkdir -p "$prefix"
+[ -f "$prefix/package.json" ] || cat > "$prefix/package.json" <<'JSON'
+{ "private": true, "description": "Optional OpenCV binding, built by npm run setup:opencv", "allowScripts": { "@u4/opencv4nodejs": true } }
+JSON
+echo "setup:opencv: building @u4/opencv4nodejs against OpenCV $(pkg-config --modversion opencv4) into $prefix"
+npm install --prefix "$prefix" --no-audit --no-fund --foreground-scripts @u4/opencv4nodejs
+node -e "const cv = require('./$prefix/node_modules/@u4/opencv4nodejs'); console.log('setup:opencv: opencv4nodejs loads, OpenCV ' + cv.version.major + '.' + cv.version.minor + '.' + cv.version.revision)"

@@ -11,6 +11,7 @@ import { EventEmitter } from 'node:events';
 import { copyFile, mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
+import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Fetcher } from 'tuf-js';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
@@ -79,7 +80,11 @@ export interface OtaAgentOptions {
   hardwareClass: string;
   /** Tier of the models to install; default 'device'. */
   tier?: Tier;
-  /** The pipeline's model; without it the agent installs and checks, and `onInstalled` loads. */
+  /**
+   * The pipeline's model. The agent swaps new models in and disposes the ones it replaces
+   * (including the one the pipeline started with) once no frame runs on them. Without it the
+   * agent installs and checks, and `onInstalled` is for the caller to load the new model.
+   */
   model?: SwappableModel;
   /** MQTT client for announcements and status; the agent never ends it. */
   mqtt?: MqttClient;
@@ -91,6 +96,13 @@ export interface OtaAgentOptions {
   pollJitter?: number;
   /** Largest random delay before acting on an announcement (spreads a fleet); default 5000 ms. */
   announceDelayMaxMs?: number;
+  /**
+   * Announcements within this time of the last one acted on are ignored, so a flood on the
+   * announce topic cannot keep the device refreshing; polling still runs. Default 10000 ms.
+   */
+  announceMinIntervalMs?: number;
+  /** pino-style logger for installs, rollbacks and failures; default: none (events only). */
+  log?: Pick<Logger, 'info' | 'warn'>;
   /** Largest random delay before the first check after start(); default 30000 ms. */
   startDelayMaxMs?: number;
   /** Allowed probe-accuracy loss against the card; default 0.05. */
@@ -138,9 +150,12 @@ export class OtaAgent extends EventEmitter<OtaAgentEvents> {
   #started = false;
   #closed = false;
   #probe: ProbeSet | undefined;
+  #lastAnnounce = Number.NEGATIVE_INFINITY;
   readonly #onMessage = (topic: string): void => {
-    if (topic !== ANNOUNCE_TOPIC || this.#closed) return;
-    if (this.#announceTimer) return;
+    if (topic !== ANNOUNCE_TOPIC || this.#closed || this.#announceTimer) return;
+    const at = this.#now().getTime();
+    if (at - this.#lastAnnounce < (this.#o.announceMinIntervalMs ?? 10_000)) return;
+    this.#lastAnnounce = at;
     const delay = this.#random() * (this.#o.announceDelayMaxMs ?? 5000);
     this.#announceTimer = this.#timers.setTimeout(() => {
       this.#announceTimer = undefined;
@@ -304,6 +319,7 @@ export class OtaAgent extends EventEmitter<OtaAgentEvents> {
       const e =
         err instanceof CascadeError ? err : new CascadeError(ErrorCodes.OTA_ERR_DOWNLOAD, String(err));
       this.#metrics.checks.inc({ result: e.code });
+      this.#o.log?.warn({ code: e.code, err: e.message }, 'ota: repository refresh failed');
       await this.#refreshStatus({
         state: 'failed',
         pending: null,
@@ -385,6 +401,7 @@ export class OtaAgent extends EventEmitter<OtaAgentEvents> {
           : new CascadeError(ErrorCodes.OTA_ERR_INSTALL, (err as Error).message);
       if (activated) await this.#installer.rollback(e.message);
       this.#metrics.updates.inc({ result: 'failed' });
+      this.#o.log?.warn({ release: pending.release, code: e.code, err: e.message }, 'ota: update failed');
       await this.#refreshStatus({
         state: 'failed',
         pending: null,
@@ -418,6 +435,7 @@ export class OtaAgent extends EventEmitter<OtaAgentEvents> {
         pending: null,
         lastError: { code: ErrorCodes.OTA_ERR_HEALTH_CHECK, message: reason },
       });
+      this.#o.log?.warn({ release: pending.release, reason }, 'ota: new model rolled back');
       this.emit('rolled-back', { release: pending, reason, health });
       return;
     }
@@ -426,6 +444,10 @@ export class OtaAgent extends EventEmitter<OtaAgentEvents> {
     else if (!slot) await next.dispose();
     this.#metrics.updates.inc({ result: 'installed' });
     await this.#refreshStatus({ state: 'current', pending: null, lastError: null });
+    this.#o.log?.info(
+      { release: pending.release, model: card.name, version: card.version, accuracy: health.accuracy },
+      'ota: new model installed',
+    );
     this.emit('installed', { card, cardPath, release: pending, health });
     await this.#o.onInstalled?.(card, cardPath);
   }

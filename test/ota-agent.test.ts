@@ -89,6 +89,7 @@ async function agentFor(
     probe,
     startDelayMaxMs: 3_600_000,
     announceDelayMaxMs: 0,
+    announceMinIntervalMs: 0,
     ...extra,
   });
   cleanups.push(async () => {
@@ -118,7 +119,12 @@ describe('update over MQTT announce', () => {
   it('installs, hot-swaps and reports a new release; a broken one is rolled back and never retried', async () => {
     const { repo, keys, url } = await published([]);
     const watcher = await mqttClient();
-    const { agent, slot, dirs } = await agentFor(repo, url, { mqtt: await mqttClient() });
+    const logged: string[] = [];
+    const log = {
+      info: (_o: object, msg: string) => logged.push(msg),
+      warn: (_o: object, msg: string) => logged.push(msg),
+    };
+    const { agent, slot, dirs } = await agentFor(repo, url, { mqtt: await mqttClient(), log: log as never });
     const statuses: OtaStatus[] = [];
     agent.on('status', (s) => statuses.push(s));
     await agent.start();
@@ -182,6 +188,8 @@ describe('update over MQTT announce', () => {
       await agent.metrics.registry.metrics(),
       /cascade_ota_updates_total\{result="rolled_back"\} 1/,
     );
+
+    assert.deepEqual(logged, ['ota: new model installed', 'ota: new model rolled back']);
 
     // Checking again does not retry the failed release.
     const again = await agent.checkNow();
@@ -255,6 +263,18 @@ describe('lifecycle', () => {
     const m = await OnnxClassifier.load(boot.cardPath);
     assert.equal(m.card.name, slot.current.card.name);
     await m.dispose();
+  });
+
+  it('acts on one announcement per interval, so a flood cannot keep it refreshing', async () => {
+    const { repo, url } = await published([]);
+    const { agent } = await agentFor(repo, url, { mqtt: await mqttClient(), announceMinIntervalMs: 60_000 });
+    await agent.start();
+    const flood = await mqttClient();
+    const first = next(agent, 'status');
+    for (let i = 0; i < 20; i++) await flood.publishAsync(ANNOUNCE_TOPIC, '{}', { qos: 1 });
+    await first;
+    await new Promise((r) => setTimeout(r, 300));
+    assert.match(await agent.metrics.registry.metrics(), /cascade_ota_checks_total\{result="ok"\} 1\n/);
   });
 
   it('polls on a jittered period with injected timers', async () => {

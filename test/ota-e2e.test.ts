@@ -82,6 +82,7 @@ async function camera(id: string, repoUrl: string, root: string): Promise<Camera
     loadOptions: { intraOpThreads: 1 },
     startDelayMaxMs: 3_600_000,
     announceDelayMaxMs: 200,
+    announceMinIntervalMs: 0,
   });
   const cam: Camera = { id, agent, slot, frames: [], errors: [], stop: async () => {} };
   let running = true;

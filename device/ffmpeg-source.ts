@@ -62,6 +62,8 @@ export class FfmpegSource implements FrameSource {
   /** Bytes of the current frame received so far (also while discarding a lost frame). */
   #filled = 0;
   #discarding = false;
+  /** Input not yet cut into frames because every buffer was in use (files only). */
+  #backlog: Buffer | null = null;
   readonly #ready: CameraFrame[] = [];
   #waiter: (() => void) | null = null;
   #ended = false;
@@ -120,10 +122,28 @@ export class FfmpegSource implements FrameSource {
   }
 
   #onData(chunk: Buffer): void {
+    if (this.#backlog !== null) {
+      // Only reached if data arrives after pause(); keep the order.
+      this.#backlog = Buffer.concat([this.#backlog, chunk]);
+      return;
+    }
+    this.#consume(chunk);
+  }
+
+  /**
+   * Cuts `chunk` into frames. A live source counts a frame lost when no buffer is free; a file
+   * keeps the rest of the chunk as backlog and pauses the pipe until a buffer is released.
+   */
+  #consume(chunk: Buffer): void {
     let at = 0;
     while (at < chunk.length) {
       if (this.#current === null && !this.#discarding) {
         const f = this.#o.pool.acquire();
+        if (f === null && !this.live) {
+          this.#backlog = chunk.subarray(at);
+          this.#child?.stdout?.pause();
+          return;
+        }
         if (f === null) {
           this.#lost++;
           this.#discarding = true;
@@ -138,6 +158,7 @@ export class FfmpegSource implements FrameSource {
       at += n;
       if (this.#filled === this.#frameBytes) this.#completeFrame();
     }
+    this.#backlog = null;
   }
 
   #completeFrame(): void {
@@ -158,8 +179,6 @@ export class FfmpegSource implements FrameSource {
       f.roi = f.roiBox;
     }
     this.#ready.push(f);
-    // Files wait for the consumer; a live stream never waits (its frames are dropped downstream).
-    if (!this.live && this.#ready.length >= 1) this.#child?.stdout?.pause();
     this.#wake();
   }
 
@@ -183,11 +202,20 @@ export class FfmpegSource implements FrameSource {
     for (;;) {
       const f = this.#ready.shift();
       if (f !== undefined) {
-        if (!this.live && this.#ready.length === 0) this.#child?.stdout?.resume();
         yield f;
         continue;
       }
-      if (this.#ended || this.#closed) break;
+      if (this.#closed) break;
+      const backlog = this.#backlog;
+      if (backlog !== null) {
+        // Files: every buffer was taken; go on once the consumer hands one back.
+        await this.#o.pool.waitAvailable();
+        this.#backlog = null;
+        this.#consume(backlog);
+        if (this.#backlog === null) this.#child?.stdout?.resume();
+        continue;
+      }
+      if (this.#ended) break;
       await new Promise<void>((resolve) => {
         this.#waiter = resolve;
       });

@@ -89,6 +89,7 @@ export class FramePool {
   readonly #free: PooledFrame[];
   readonly shared: boolean;
   readonly bytes: number;
+  #waiters: (() => void)[] = [];
 
   /** @throws {RangeError} for a size below 1 or a non-positive byte count. */
   constructor(opts: FramePoolOptions) {
@@ -133,10 +134,17 @@ export class FramePool {
     return f;
   }
 
+  /** Resolves when a buffer is free (at once if one is). */
+  waitAvailable(): Promise<void> {
+    if (this.#free.length > 0) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
   /** @internal Returns a frame; a second release of the same frame is ignored. */
   put(f: PooledFrame): void {
     if (f.free) return;
     f.free = true;
     this.#free.push(f);
+    if (this.#waiters.length > 0) for (const w of this.#waiters.splice(0)) w();
   }
 }

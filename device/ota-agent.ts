@@ -278,7 +278,7 @@ export class OtaAgent extends EventEmitter<OtaAgentEvents> {
     this.#running = (async () => {
       do {
         this.#again = false;
-        await this.#check();
+        await this.#check().catch((err: unknown) => this.#fatal(err));
       } while (this.#again && !this.#closed);
       this.#schedule(this.#nextPoll());
       return this.status;
@@ -302,6 +302,27 @@ export class OtaAgent extends EventEmitter<OtaAgentEvents> {
     };
     this.#metrics.setState(this.#status.state);
     this.#metrics.release.set(this.#status.current?.release ?? 0);
+    this.emit('status', this.status);
+    if (this.#o.mqtt && !this.#closed) {
+      this.#o.mqtt.publish(statusTopic(this.#o.deviceId), JSON.stringify(this.#status), {
+        qos: 1,
+        retain: true,
+      });
+    }
+  }
+
+  /** Reports a failure of the store itself (status without reading the store again). */
+  #fatal(err: unknown): void {
+    const e = err instanceof CascadeError ? err : new CascadeError(ErrorCodes.OTA_ERR_INSTALL, String(err));
+    this.#status = {
+      ...this.#status,
+      state: 'failed',
+      pending: null,
+      lastError: { code: e.code, message: e.message },
+      at: this.#now().toISOString(),
+    };
+    this.#metrics.setState('failed');
+    this.#o.log?.warn({ code: e.code, err: e.message }, 'ota: model store failure');
     this.emit('status', this.status);
     if (this.#o.mqtt && !this.#closed) {
       this.#o.mqtt.publish(statusTopic(this.#o.deviceId), JSON.stringify(this.#status), {

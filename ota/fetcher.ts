@@ -112,7 +112,13 @@ export class HttpFetcher implements Fetcher {
         await res.body?.cancel().catch(() => {});
         throw new DownloadHTTPError(`GET ${url}: HTTP ${res.status}`, res.status);
       }
-      const { onChunk } = sink(res);
+      let onChunk: (chunk: Uint8Array) => Promise<void> | void;
+      try {
+        ({ onChunk } = sink(res));
+      } catch (err) {
+        await res.body?.cancel().catch(() => {});
+        throw err;
+      }
       if (res.body) {
         const reader = res.body.getReader();
         try {

@@ -265,6 +265,15 @@ describe('lifecycle', () => {
     await m.dispose();
   });
 
+  it('reports a damaged model store instead of throwing', async () => {
+    const { repo, url } = await published([]);
+    const { agent, dirs } = await agentFor(repo, url);
+    await agent.start();
+    writeFileSync(join(dirs.modelsDir, 'active.json'), 'not json');
+    const s = await agent.checkNow();
+    assert.deepEqual([s.state, s.lastError?.code], ['failed', ErrorCodes.OTA_ERR_INSTALL]);
+  });
+
   it('acts on one announcement per interval, so a flood cannot keep it refreshing', async () => {
     const { repo, url } = await published([]);
     const { agent } = await agentFor(repo, url, { mqtt: await mqttClient(), announceMinIntervalMs: 60_000 });

@@ -27,7 +27,7 @@ RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund \
 
 FROM ${NODE_IMAGE} AS runtime
 ENV NODE_ENV=production \
-    CASCADE_CLOUD_HTTP_PORT=8080
+    CASCADE_CLOUD_HTTP_PORT=8081
 WORKDIR /app
 COPY --from=build /app/node_modules node_modules
 COPY --from=build /app/native native
@@ -39,10 +39,10 @@ COPY cloud/ cloud/
 RUN mkdir -p /var/lib/cascade/hard-examples && chown node:node /var/lib/cascade/hard-examples
 VOLUME ["/var/lib/cascade/hard-examples"]
 USER node
-EXPOSE 8080
+EXPOSE 8081
 # Liveness only (/healthz): readiness (/readyz: model loaded, not draining) is
 # for the orchestrator. Node 20 has fetch; the slim image has no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.CASCADE_CLOUD_HTTP_PORT||8080)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+  CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.CASCADE_CLOUD_HTTP_PORT||8081)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 ENTRYPOINT ["node", "cascade/bin.mjs"]
 CMD ["cloud"]

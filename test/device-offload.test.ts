@@ -268,7 +268,9 @@ describe('device offload over MQTT (embedded broker)', () => {
         'local frames during the outage',
       );
       assert.equal(app.report().offloads, offloadsAtOutage, 'no offload while disconnected');
-      const queue = (app.conn?.client as unknown as { queue: unknown[] }).queue;
+      const client = app.conn?.client;
+      assert.ok(client);
+      const queue = (client as unknown as { queue: unknown[] }).queue;
       assert.equal(queue.length, 0, 'mqtt.js holds no offline queue');
       broker = await startEmbeddedBroker({ port });
       await until(() => app.conn?.connected === true, 10_000, 'the device to reconnect');

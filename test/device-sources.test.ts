@@ -109,7 +109,7 @@ describe('ReplayCamera', () => {
             [0, 0],
             [p.scale - 1, p.scale - 1],
           ]) {
-            const at = ((roi.y + iy * p.scale + dy) * 640 + roi.x + ix * p.scale + dx) * 3;
+            const at: number = ((roi.y + iy * p.scale + dy) * 640 + roi.x + ix * p.scale + dx) * 3;
             assert.deepEqual(
               [...f.data.subarray(at, at + 3)],
               [img[iy * 28 + ix], img[iy * 28 + ix], img[iy * 28 + ix]],

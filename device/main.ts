@@ -186,7 +186,12 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   try {
-    await app.start({ beforeCamera: args.waitStart ? () => readyThenWait(config.deviceId) : undefined });
+    try {
+      await app.start({ beforeCamera: args.waitStart ? () => readyThenWait(config.deviceId) : undefined });
+    } catch (err) {
+      await app.shutdown('start failed');
+      throw err;
+    }
     const report: DeviceReport = await app.finished;
     logger.info({ report }, 'device stopped');
     if (args.json) process.stdout.write(`${JSON.stringify(report)}\n`);

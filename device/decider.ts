@@ -50,7 +50,7 @@ export interface DeciderOptions {
   counts: DeviceCounts;
   latency: LatencyRings;
   spec: InputSpec;
-  /** Offer JPEG payloads (never in privacy mode). */
+  /** Offer JPEG payloads to the policy (which refuses them in privacy mode). */
   jpeg: boolean;
   privacy: boolean;
   /** Reports an asynchronous failure (a JPEG encode). */
@@ -104,7 +104,8 @@ export class FrameDecider {
     facts.budgetLeftMs = budgetLeft;
     const pb = this.#payloadBytes;
     pb.tensor = inf.input.length;
-    const offerJpeg = o.jpeg && !o.privacy;
+    // Offered even in privacy mode: the engine refuses them there and says so (local:privacy).
+    const offerJpeg = o.jpeg;
     const pixels = frame.roi ? frame.roi.width * frame.roi.height : frame.width * frame.height;
     for (const q of JPEG_QUALITIES) pb[`jpeg-q${q}`] = offerJpeg ? this.#jpegSizes.estimate(q, pixels) : 0;
     const blocked = o.offload === null ? 'nobroker' : o.offload.blocked();
@@ -117,6 +118,11 @@ export class FrameDecider {
       const d = o.engine.decide(facts);
       reason = d.reason;
       payload = d.offload ? d.payload : null;
+      if (o.privacy && payload !== null && jpegQuality(payload) !== null) {
+        // Defence in depth: whatever the policy says, no pixels leave in privacy mode.
+        payload = null;
+        reason = 'local:privacy';
+      }
     }
     if (payload === null) {
       this.#result(

@@ -3,6 +3,7 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import sharp from 'sharp';
 import { startEmbeddedBroker } from '../cascade/broker.ts';
 import { MqttConnection } from '../cascade/mqtt.ts';
 import {
@@ -177,6 +178,59 @@ describe('device offload over MQTT (embedded broker)', () => {
       await app.shutdown();
       await gw.conn.close();
       await watch.conn.close();
+      await broker.close();
+    }
+  });
+
+  it('sends a JPEG of the ROI when the policy picks one, and never in privacy mode', async () => {
+    const jpegOnly = join(dir, 'jpeg-policy.json');
+    await writeFile(
+      jpegOnly,
+      JSON.stringify({
+        acceptThreshold: 1,
+        deadlineTarget: 0.5,
+        probeIntervalMs: 50,
+        payloads: ['jpeg-q75'],
+      }),
+    );
+    const broker = await startEmbeddedBroker();
+    const gw = await answerer(broker.url);
+    const app = await device(broker.url, { id: 'cam-jpeg', frames: 8, policy: jpegOnly });
+    const priv = await DeviceApp.build(
+      loadDeviceConfig({
+        flags: {
+          deviceId: 'cam-private',
+          budgetMs: 250,
+          broker: { url: broker.url },
+          source: { fps: 50, frames: 8 },
+          model: { card },
+          policy: { file: jpegOnly, privacy: true },
+        },
+      }),
+      { dataset: ds, logger: silent() },
+    );
+    try {
+      await Promise.all([app.start(), priv.start()]);
+      const [report, privReport] = await Promise.all([app.finished, priv.finished]);
+      assert.ok(report.offloads >= 1);
+      const jpegs = gw.seen.filter((m) => m.deviceId === 'cam-jpeg');
+      assert.equal(jpegs.length, report.offloads);
+      for (const m of jpegs) {
+        assert.equal(m.contentType, 'jpeg');
+        assert.equal(m.privacy, false);
+        const meta = await sharp(m.payload).metadata();
+        assert.equal(meta.format, 'jpeg');
+        assert.equal(meta.width, meta.height, 'the square ROI of the item, not the frame');
+        assert.equal((meta.width ?? 0) % 28, 0);
+      }
+      assert.equal(report.results.gateway, report.offloads - report.misses);
+      assert.equal(privReport.offloads, 0, 'privacy mode: no pixels leave, and JPEG was the only payload');
+      assert.equal(gw.seen.filter((m) => m.deviceId === 'cam-private').length, 0);
+      assert.equal(privReport.reasons['local:privacy'], privReport.processed);
+    } finally {
+      await app.shutdown();
+      await priv.shutdown();
+      await gw.conn.close();
       await broker.close();
     }
   });

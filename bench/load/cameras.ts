@@ -8,7 +8,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { MqttConnection } from '../../cascade/mqtt.ts';
-import { decodeAs, messageExpirySeconds, newTrace, Topics } from '../../cascade/protocol.ts';
+import {
+  type AnswerMessage,
+  decodeAs,
+  messageExpirySeconds,
+  newTrace,
+  Topics,
+} from '../../cascade/protocol.ts';
 import { type FramePool, offloadEnvelope } from './frames.ts';
 import { FrameLedger } from './ledger.ts';
 
@@ -34,12 +40,15 @@ export interface FleetOptions {
   now?: () => number;
   /** Connection credentials per device id (TLS or password brokers). */
   credentials?: (deviceId: string) => { username?: string; password?: string };
+  /** Sees every answer with its arrival time (after the ledger booked it). */
+  onAnswer?: (answer: AnswerMessage, at: number) => void;
 }
 
 /** A fleet of simulated cameras sharing one ledger. */
 export class CameraFleet {
   readonly ledger = new FrameLedger();
-  readonly #o: Required<Omit<FleetOptions, 'credentials'>> & Pick<FleetOptions, 'credentials'>;
+  readonly #o: Required<Omit<FleetOptions, 'credentials' | 'onAnswer'>> &
+    Pick<FleetOptions, 'credentials' | 'onAnswer'>;
   readonly #conns: { id: string; conn: MqttConnection }[] = [];
   readonly #timers: NodeJS.Timeout[] = [];
   #sweep: NodeJS.Timeout | undefined;
@@ -97,6 +106,7 @@ export class CameraFleet {
     try {
       const a = decodeAs(payload, 'answer');
       this.ledger.answer(a.deviceId, a.frameId, a.status, at);
+      this.#o.onAnswer?.(a, at);
     } catch {
       // A malformed answer is not an answer: the frame ends as missed at its deadline.
     }

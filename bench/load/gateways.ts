@@ -11,10 +11,9 @@ import { fileURLToPath } from 'node:url';
 
 const BIN = fileURLToPath(new URL('../../cascade/bin.mjs', import.meta.url));
 
-/** Options of {@link startGateway}. */
-export interface GatewayProcessOptions {
-  broker: string;
-  /** Extra `cascade gateway` flags. */
+/** Options of {@link startService}. */
+export interface ServiceProcessOptions {
+  /** Extra flags after `cascade <service> --http-host 127.0.0.1 --http-port 0`. */
   args?: string[];
   /** Extra environment (CASCADE_GATEWAY_*). */
   env?: Record<string, string>;
@@ -26,7 +25,7 @@ export interface GatewayProcessOptions {
   name?: string;
 }
 
-/** A running replica. */
+/** A running service process (a gateway replica or the cloud teacher). */
 export interface GatewayProcess {
   readonly name: string;
   readonly pid: number;
@@ -50,18 +49,32 @@ export interface GatewayProcess {
   readonly log: readonly string[];
 }
 
+/** Options of {@link startGateway}. */
+export interface GatewayProcessOptions extends ServiceProcessOptions {
+  broker: string;
+}
+
 /**
  * Starts one gateway replica and waits until it is ready (HTTP up, subscribed).
  * @throws {Error} when it exits or is not ready in time, with its last log lines.
  */
-export async function startGateway(opts: GatewayProcessOptions): Promise<GatewayProcess> {
-  const name = opts.name ?? 'gateway';
+export function startGateway(opts: GatewayProcessOptions): Promise<GatewayProcess> {
+  return startService('gateway', { ...opts, args: ['--broker', opts.broker, ...(opts.args ?? [])] });
+}
+
+/**
+ * Starts `cascade <service>` (gateway or cloud) and waits for its `<service> ready` log line.
+ * @throws {Error} when it exits or is not ready in time, with its last log lines.
+ */
+export async function startService(
+  service: 'gateway' | 'cloud',
+  opts: ServiceProcessOptions,
+): Promise<GatewayProcess> {
+  const name = opts.name ?? service;
   const args = [
     `--max-old-space-size=${opts.maxOldSpaceMb ?? 256}`,
     BIN,
-    'gateway',
-    '--broker',
-    opts.broker,
+    service,
     '--http-host',
     '127.0.0.1',
     '--http-port',
@@ -88,7 +101,7 @@ export async function startGateway(opts: GatewayProcessOptions): Promise<Gateway
       buffered = buffered.slice(nl + 1);
       log.push(line);
       if (log.length > 100) log.shift();
-      if (line.includes('"gateway ready"')) {
+      if (line.includes(`"${service} ready"`)) {
         try {
           const url = (JSON.parse(line) as { httpUrl?: string }).httpUrl;
           if (url) resolveReady(url);

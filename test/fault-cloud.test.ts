@@ -113,7 +113,13 @@ describe('fault: the cloud is slow or unavailable', { skip: SKIP }, () => {
       (stalled.reasons.get('gateway/fallback:cloud-timeout') ?? 0) > 0,
       'and answered by the gateway',
     );
-    assert.ok(fallbacks(dead, 'network') > 0, `dead cloud: refused connections ${JSON.stringify([...dead.reasons])} ${dead.gatewayText.split('\n').filter((l) => l.includes('fallbacks_total{')).join(' ')}`);
+    assert.ok(
+      fallbacks(dead, 'network') > 0,
+      `dead cloud: refused connections ${JSON.stringify([...dead.reasons])} ${dead.gatewayText
+        .split('\n')
+        .filter((l) => l.includes('fallbacks_total{'))
+        .join(' ')}`,
+    );
     assert.ok((dead.reasons.get('gateway/fallback:cloud-network') ?? 0) > 0, 'and answered by the gateway');
   });
 });

@@ -11,7 +11,8 @@
  * - `cascade_gateway_batch_size` histogram
  * - `cascade_gateway_received_bytes_total{transport}`, `cascade_gateway_sent_bytes_total{transport,peer}`
  * - `cascade_gateway_deadline_misses_total{kind}`: expired (budget ran out queued) | late (served after it)
- * - `cascade_gateway_publish_failures_total`: answers the broker did not take
+ * - `cascade_gateway_published_total`, `cascade_gateway_publish_failures_total`: answers the
+ *   broker took / did not take (every MQTT frame served is one or the other)
  * - `cascade_model_info{tier,model,version}` and the policy engine's `cascade_policy_*`
  */
 import { BATCH_SIZE_BUCKETS, createMetrics, type ServiceMetrics } from '../cascade/service/metrics.ts';
@@ -66,6 +67,10 @@ export function gatewayMetrics(opts: { defaultMetrics?: boolean } = {}) {
   const misses = m.counter('cascade_gateway_deadline_misses_total', 'Requests not answered within budget', [
     'kind',
   ] as const);
+  const published = m.counter(
+    'cascade_gateway_published_total',
+    'Answers published to devices (broker accepted)',
+  );
   const publishFailures = m.counter(
     'cascade_gateway_publish_failures_total',
     'Answers the broker did not accept (disconnected, refused)',
@@ -91,6 +96,7 @@ export function gatewayMetrics(opts: { defaultMetrics?: boolean } = {}) {
     received,
     sent,
     misses,
+    published,
     publishFailures,
   };
 }

@@ -30,6 +30,9 @@ import type { FrameResult, FrameServer } from './frame-server.ts';
 import type { GatewayMetrics } from './metrics.ts';
 import { offloadPixels, PayloadError } from './payload.ts';
 
+/** Longest wait for the broker's PUBACK of an answer (or the frame's budget, if longer). */
+const PUBACK_TIMEOUT_MS = 2000;
+
 /** Options of {@link OffloadConsumer}. */
 export interface OffloadConsumerOptions {
   url: string;
@@ -219,12 +222,25 @@ export class OffloadConsumer {
     const left = msg.budgetLeftMs - (this.#sched.now() - arrived);
     const properties =
       this.#opts.protocol === 5 ? { messageExpiryInterval: messageExpirySeconds(left) } : undefined;
+    // An answer for a broker that is down is stale by the time it is back: count it failed
+    // rather than queue it, and bound the wait for a PUBACK lost with a dropped connection.
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await this.#conn.client.publishAsync(Topics.answer(msg.deviceId), bytes, { qos: 1, properties });
+      if (!this.#conn.connected) throw new Error('not connected to the broker');
+      const limit = Math.max(PUBACK_TIMEOUT_MS, left);
+      await Promise.race([
+        this.#conn.client.publishAsync(Topics.answer(msg.deviceId), bytes, { qos: 1, properties }),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no PUBACK within ${limit} ms`)), limit);
+        }),
+      ]);
+      this.#opts.metrics.published.inc();
       this.#opts.metrics.sent.inc({ transport: 'mqtt', peer: 'device' }, bytes.length);
     } catch (err) {
       this.#opts.metrics.publishFailures.inc();
       this.#opts.logger.warn({ err: (err as Error).message, deviceId: msg.deviceId }, 'answer not published');
+    } finally {
+      clearTimeout(timer);
     }
   }
 }

@@ -348,7 +348,13 @@ export class DeviceApp {
     this.#pump = this.#pumpFrames();
     this.#run = this.pipeline.run();
     // The source's end is a shutdown too: drain, publish, close.
-    void Promise.all([this.#pump, this.#run]).then(() => this.shutdown('source ended'));
+    Promise.all([this.#pump, this.#run]).then(
+      () => this.shutdown('source ended'),
+      (err: unknown) => {
+        logger.error({ err }, 'frame loop failed');
+        return this.shutdown('frame loop failed');
+      },
+    );
   }
 
   async #startOta(url: string): Promise<void> {

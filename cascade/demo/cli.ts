@@ -52,7 +52,17 @@ export async function main(argv: string[]): Promise<void> {
     throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, '--frames and --duration exclude each other');
   }
   const out = v.json ? process.stderr : process.stdout;
+  // SIGINT/SIGTERM end the run early with a report; a second one exits at once.
+  const abort = new AbortController();
+  const onSignal = () => {
+    if (abort.signal.aborted) process.exit(130);
+    out.write('stopping: cameras finish their in-flight frames…\n');
+    abort.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const report = await runDemo({
+    signal: abort.signal,
     cameras: numberOpt('--cameras', v.cameras, { integer: true, min: 1, max: 64 }),
     frames: numberOpt('--frames', v.frames, { integer: true, min: 1 }),
     durationS: numberOpt('--duration', v.duration, { min: 1 }),
@@ -65,6 +75,8 @@ export async function main(argv: string[]): Promise<void> {
     onStatus: (line) => out.write(`${line}\n`),
     onProgress: (p, s) => out.write(`${formatProgress(p, s)}\n`),
   });
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
   if (v.json) process.stdout.write(`${JSON.stringify(report)}\n`);
   else process.stdout.write(`\n${formatReport(report)}\n`);
 }

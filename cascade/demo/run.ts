@@ -40,6 +40,8 @@ export interface DemoOptions {
   onStatus?: (line: string) => void;
   /** Seconds to wait for each service to be ready; default 90. */
   startTimeoutS?: number;
+  /** Ends the run early (e.g. on SIGINT): cameras stop gracefully and the report covers what ran. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -154,15 +156,14 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoReport> {
     ticker = setInterval(() => {
       opts.onProgress?.(tally.progress(performance.now()), (performance.now() - t0) / 1000);
     }, 1000);
-    if (opts.durationS !== undefined) {
-      const stopAt = setTimeout(() => {
-        for (const c of cams) void c.stop();
-      }, opts.durationS * 1000);
-      await Promise.all(cams.map((c) => c.exited));
-      clearTimeout(stopAt);
-    } else {
-      await Promise.all(cams.map((c) => c.exited));
-    }
+    const stopCameras = () => {
+      for (const c of cams) void c.stop();
+    };
+    const stopAt = opts.durationS === undefined ? undefined : setTimeout(stopCameras, opts.durationS * 1000);
+    opts.signal?.addEventListener('abort', stopCameras, { once: true });
+    await Promise.all(cams.map((c) => c.exited));
+    clearTimeout(stopAt);
+    opts.signal?.removeEventListener('abort', stopCameras);
     clearInterval(ticker);
     ticker = undefined;
     const missing = cams.find((c) => !reports.some((r) => `camera ${r.deviceId}` === c.name));

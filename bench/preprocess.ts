@@ -7,8 +7,8 @@
  *           pool as the device pipeline calls it (nativeSync: the same kernel on the main thread);
  * - sharp:  libvips resize of the RGB frame (kernel 'linear', fit 'fill') to raw output, then
  *           luma/channel order and mean/std to floats in JS (sharp.concurrency(1), cache off);
- * - opencv: @u4/opencv4nodejs cvtColor + blobFromImage (INTER_LINEAR resize, scale, mean), when
- *           installed (`npm run setup:opencv`), else null.
+ * - opencv: @u4/opencv4nodejs cvtColor + blobFromImage (INTER_LINEAR resize, scale, mean) on one
+ *           thread, when installed (`npm run setup:opencv`), else null.
  *
  *   npm run bench:preprocess -- [--rounds N] [--frames N] [--json]
  *
@@ -107,6 +107,7 @@ async function main(): Promise<void> {
   }
   const { cv, failures: opencvWhy } = loadOpenCv();
   if (cv) {
+    cv.setNumThreads(1); // one core, like the others
     const size = new cv.Size(spec.width, spec.height);
     const mean = new cv.Vec3(
       255 * spec.mean[0],
@@ -118,7 +119,8 @@ async function main(): Promise<void> {
       if (gray) mat = mat.cvtColor(cv.COLOR_RGB2GRAY);
       // blobFromImage: resize (INTER_LINEAR), subtract mean, scale, NCHW float.
       const blob = cv.blobFromImage(mat, 1 / (255 * spec.std[0]), size, mean, spec.colour === 'bgr', false);
-      out.set(new Float32Array(blob.getData().buffer, 0, n));
+      const data = blob.flattenFloat(1, n).getData();
+      out.set(new Float32Array(data.buffer, data.byteOffset, n));
     };
   }
 

@@ -18,6 +18,7 @@ export interface OpenCv {
   CV_8UC3: number;
   COLOR_RGB2GRAY: number;
   version: { major: number; minor: number; revision: number };
+  setNumThreads(n: number): void;
   blobFromImage(
     img: OpenCvMat,
     scale: number,
@@ -30,7 +31,10 @@ export interface OpenCv {
 
 export interface OpenCvMat {
   cvtColor(code: number): OpenCvMat;
+  /** 2-D matrices only. */
   getData(): Buffer;
+  /** Copies an N-D float matrix into a rows × cols one (blobs are 4-D). */
+  flattenFloat(rows: number, cols: number): OpenCvMat;
 }
 
 let cached: { cv: OpenCv | null; failures: string[] } | undefined;
@@ -42,7 +46,14 @@ export function loadOpenCv(): { cv: OpenCv | null; failures: string[] } {
   const bases = [import.meta.url, join(here, 'build', 'opencv', 'package.json')];
   for (const base of bases) {
     try {
-      const cv = createRequire(base)('@u4/opencv4nodejs') as OpenCv;
+      const req = createRequire(base);
+      try {
+        // Its build helper logs its environment to stdout on every load; keep stdout clean.
+        (req('@u4/opencv-build') as { Log: { silence: boolean } }).Log.silence = true;
+      } catch {
+        // An older release without the helper: nothing to silence.
+      }
+      const cv = req('@u4/opencv4nodejs') as OpenCv;
       cached = { cv, failures };
       return cached;
     } catch (err) {

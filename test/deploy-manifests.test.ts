@@ -48,13 +48,28 @@ const K8S_KINDS: Record<string, string> = {
   NetworkPolicy: 'networking.k8s.io/v1',
   PodMonitor: 'monitoring.coreos.com/v1',
   PrometheusRule: 'monitoring.coreos.com/v1',
+  InferenceService: 'serving.kserve.io/v1beta1',
 };
+
+/** Strategic-merge patches named by the kustomizations: partial objects, not linted as whole ones. */
+const patchFiles = new Set(
+  yamlFiles
+    .filter((f) => f.endsWith('kustomization.yaml'))
+    .flatMap((f) =>
+      ((parseYaml(readFileSync(f, 'utf8')) as { patches?: { path: string }[] }).patches ?? []).map((p) =>
+        resolve(dirname(f), p.path),
+      ),
+    ),
+);
 
 /** Every Kubernetes object in deploy/k8s, by file. */
 const objects: { file: string; obj: Obj }[] = yamlFiles
   .filter(
     (f) =>
-      f.includes(`${join('deploy', 'k8s')}`) && !f.endsWith('kustomization.yaml') && !f.includes('values'),
+      f.includes(`${join('deploy', 'k8s')}`) &&
+      !f.endsWith('kustomization.yaml') &&
+      !f.includes('values') &&
+      !patchFiles.has(f),
   )
   .flatMap((file) =>
     parseAllDocuments(readFileSync(file, 'utf8')).map((d) => {

@@ -46,6 +46,13 @@ export async function freePort(): Promise<number> {
  */
 export const DEFAULT_CONFIG = 'listener {{port}} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n';
 
+/**
+ * {@link DEFAULT_CONFIG} with the queue limits of deploy/mosquitto/mosquitto.conf: a subscriber
+ * that falls behind loses the oldest offloads at the broker (their devices count them as misses)
+ * instead of receiving frames whose budget is long gone.
+ */
+export const PRODUCTION_QUEUES_CONFIG = `${DEFAULT_CONFIG}max_queued_messages 100\nmax_inflight_messages 64\n`;
+
 /** Options of {@link startMosquitto}. */
 export interface MosquittoOptions {
   /**

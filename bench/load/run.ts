@@ -18,7 +18,13 @@ import { CascadeError, ErrorCodes } from '../../cascade/errors.ts';
 import { CameraFleet } from './cameras.ts';
 import { loadFramePool } from './frames.ts';
 import { type GatewayProcess, processCpuSeconds, startGateway, sumMetric } from './gateways.ts';
-import { type MosquittoBroker, mosquittoPath, startMosquitto } from './mosquitto.ts';
+import {
+  DEFAULT_CONFIG,
+  type MosquittoBroker,
+  mosquittoPath,
+  PRODUCTION_QUEUES_CONFIG,
+  startMosquitto,
+} from './mosquitto.ts';
 
 /** Options of {@link runLoad}. */
 export interface LoadOptions {
@@ -35,6 +41,8 @@ export interface LoadOptions {
   gatewayArgs?: string[];
   /** Privacy flag on every envelope. */
   privacy?: boolean;
+  /** Config of the Mosquitto it starts. Default {@link PRODUCTION_QUEUES_CONFIG}. */
+  brokerConfig?: string;
   /** Progress lines to stderr. */
   progress?: (line: string) => void;
 }
@@ -92,7 +100,8 @@ export async function runLoad(o: LoadOptions): Promise<LoadReport> {
   const gateways: GatewayProcess[] = [];
   let fleet: CameraFleet | undefined;
   try {
-    if (o.broker === undefined) broker = await startMosquitto();
+    if (o.broker === undefined)
+      broker = await startMosquitto({ config: o.brokerConfig ?? PRODUCTION_QUEUES_CONFIG });
     const url = o.broker ?? broker?.url ?? '';
     say(`broker ${url}`);
     const pool = await loadFramePool();
@@ -204,6 +213,7 @@ async function main(): Promise<void> {
     broker: { type: 'string' },
     'max-rss-mb': { type: 'string' },
     privacy: { type: 'boolean' },
+    'unbounded-queues': { type: 'boolean' },
     json: { type: 'boolean' },
   });
   if (v.broker === undefined && mosquittoPath() === undefined)
@@ -220,6 +230,7 @@ async function main(): Promise<void> {
     broker: v.broker,
     maxRssMb: numberOpt('--max-rss-mb', v['max-rss-mb'], { min: 64 }),
     privacy: v.privacy,
+    brokerConfig: v['unbounded-queues'] ? DEFAULT_CONFIG : PRODUCTION_QUEUES_CONFIG,
     progress: v.json ? undefined : (line) => process.stderr.write(`bench:load ${line}\n`),
   });
   if (v.json) {

@@ -19,14 +19,11 @@ export interface Scheduler {
   clearTimer(handle: unknown): void;
 }
 
-/** The real clock: `performance.now()` and unref'd timers. */
+/** The real clock: `performance.now()` and `setTimeout`. */
 export const realScheduler: Scheduler = {
   now: () => performance.now(),
-  setTimer: (fn, ms) => {
-    const t = setTimeout(fn, Math.max(0, ms));
-    t.unref?.();
-    return t;
-  },
+  // Not unref'd: a timer exists only while requests wait, and they must keep the process alive.
+  setTimer: (fn, ms) => setTimeout(fn, Math.max(0, ms)),
   clearTimer: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 

@@ -23,7 +23,7 @@ import {
   RefusedError,
 } from '../cascade/service/kserve.ts';
 import { createLogger, type Logger } from '../cascade/service/log.ts';
-import { opsRoutes } from '../cascade/service/ops.ts';
+import { closeGracefully, opsRoutes } from '../cascade/service/ops.ts';
 import { GracefulShutdown, type ShutdownReport } from '../cascade/service/shutdown.ts';
 import { traceFromHeaders } from '../cascade/service/trace.ts';
 import type { ModelCard } from '../models/card.ts';
@@ -314,7 +314,7 @@ export async function buildCloudApp(config: Readonly<CloudConfig>, deps: CloudDe
 
   shutdown
     .drain('batcher', () => batcher.close())
-    .drain('http', () => http.close())
+    .drain('http', () => closeGracefully(http))
     .close('hard-examples', () => hardExamples?.close())
     .close('engine', () => (deps.engine ? undefined : engine.dispose()));
 

@@ -13,7 +13,7 @@ import { type PolicyConfigPatch, PolicyEngine, registerPolicyMetrics } from '../
 import { loadServingEngine, type ServingEngine } from '../cascade/service/engine.ts';
 import { jsonErrors } from '../cascade/service/kserve.ts';
 import { createLogger, type Logger } from '../cascade/service/log.ts';
-import { opsRoutes } from '../cascade/service/ops.ts';
+import { closeGracefully, opsRoutes } from '../cascade/service/ops.ts';
 import { GracefulShutdown, type ShutdownReport } from '../cascade/service/shutdown.ts';
 import type { ModelCard } from '../models/card.ts';
 import { loadRegistry, modelForTier } from '../models/registry.ts';
@@ -184,7 +184,7 @@ export async function buildApp(config: Readonly<GatewayConfig>, deps: GatewayDep
     .stopIntake('mqtt-unsubscribe', () => consumer?.stopIntake())
     .drain('batcher', () => server.close())
     .drain('mqtt-frames', () => consumer?.drain())
-    .drain('http', () => http.close())
+    .drain('http', () => closeGracefully(http))
     .close('mqtt', () => consumer?.close())
     .close('cloud', () => cloud?.close())
     .close('engine', () => (deps.engine ? undefined : engine.dispose()));

@@ -114,10 +114,17 @@ export class FrameServer {
     return this.#batcher;
   }
 
-  /** Measures the engine on batches of 1 and maxBatch and seeds the batcher's service model. */
+  /**
+   * Warms the whole path (preprocessing, engine at several batch sizes: first runs are slow) and
+   * seeds the batcher's service model with measured times.
+   */
   async warmUp(rounds = 3): Promise<void> {
     const per = this.#engine.tensorFloats;
-    for (const n of [1, this.#opts.maxBatch]) {
+    const max = this.#opts.maxBatch;
+    const pixels = new Uint8Array(this.#engine.imageBytes);
+    for (let i = 0; i < 64; i++) this.#engine.preprocess(pixels, 1);
+    for (let n = 2; n < max; n *= 2) await this.#engine.runTensor(new Float32Array(n * per), n);
+    for (const n of [1, max]) {
       const batch = new Float32Array(n * per);
       for (let r = 0; r < rounds; r++) {
         const t0 = this.#sched.now();
@@ -133,6 +140,29 @@ export class FrameServer {
     const deadline = arrived + req.budgetMs;
     const version = this.#engine.card.version;
     const base = { tier: 'gateway' as const, modelVersion: version, probs: null, topk: [], cloudMs: 0 };
+    if (!(req.budgetMs > 0)) {
+      this.#m.misses.inc({ kind: 'expired' });
+      return this.#finish(req, arrived, {
+        ...base,
+        status: 'expired',
+        queueMs: 0,
+        serviceMs: 0,
+        retryAfterMs: 0,
+        reason: 'expired',
+      });
+    }
+    // Admission before any work: refuse at once when the queue cannot serve it in its budget.
+    const wait = this.#opts.admission === false ? 0 : this.#batcher.expectedWaitMs();
+    if (wait > req.budgetMs) {
+      return this.#finish(req, arrived, {
+        ...base,
+        status: 'overloaded',
+        queueMs: 0,
+        serviceMs: 0,
+        retryAfterMs: Math.max(1, Math.ceil(wait - req.budgetMs)),
+        reason: 'overloaded',
+      });
+    }
     let tensor: Float32Array;
     try {
       tensor = req.tensor ?? this.#engine.preprocess(req.pixels ?? new Uint8Array(0), 1);

@@ -41,3 +41,18 @@ export const opsRoutes: FastifyPluginAsync<OpsOptions> = async (app: FastifyInst
     return { ready: r.ready, ...r.detail };
   });
 };
+
+/**
+ * Closes a fastify server gracefully: in-flight requests finish, new ones get 503, and
+ * keep-alive connections are closed as soon as they turn idle (fastify closes only the ones
+ * idle at the moment of the call, so a client's pooled connection would hold the close open
+ * until the client's own keep-alive timeout).
+ */
+export async function closeGracefully(app: FastifyInstance, pollMs = 25): Promise<void> {
+  const timer = setInterval(() => app.server.closeIdleConnections?.(), pollMs);
+  try {
+    await app.close();
+  } finally {
+    clearInterval(timer);
+  }
+}

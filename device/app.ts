@@ -18,26 +18,27 @@ import {
   registerPolicyMetrics,
   watchPolicyFile,
 } from '../cascade/policy/index.ts';
-import { encode } from '../cascade/protocol.ts';
 import { createLogger, type Logger } from '../cascade/service/log.ts';
 import type { ServiceMetrics } from '../cascade/service/metrics.ts';
 import { opsRoutes } from '../cascade/service/ops.ts';
 import { GracefulShutdown } from '../cascade/service/shutdown.ts';
-import type { InputSpec } from '../models/card.ts';
 import type { ImageDataset } from '../models/data/dataset.ts';
 import { loadRegistry, modelForTier } from '../models/registry.ts';
 import { type InferenceBuffers, OnnxClassifier } from '../models/runtime.ts';
 import type { DeviceConfig } from './config.ts';
 import { FrameDecider } from './decider.ts';
+
+export type { DeviceReport } from './report.ts';
+
 import { FrameSlot } from './frame-slot.ts';
 import { FramePool, type FrameSource } from './frames.ts';
 import { createDeviceMetrics, type DeviceCounts, LatencyRings, newDeviceCounts } from './metrics.ts';
 import { ModelSlot } from './model-slot.ts';
 import { OffloadClient } from './offload-client.ts';
 import { OtaAgent } from './ota-agent.ts';
-import { tensorInfo } from './payload.ts';
 import { DevicePipeline } from './pipeline.ts';
 import { Preprocessor, resolveBackend } from './preprocessor.ts';
+import { buildReport, type DeviceReport, tensorEnvelopeBytes } from './report.ts';
 import { ResultPublisher } from './result-publisher.ts';
 import { createSource } from './sources.ts';
 import { StageStats } from './stage-stats.ts';
@@ -49,31 +50,6 @@ export interface DeviceDeps {
   dataset?: ImageDataset;
   /** A frame source instead of the configured one. */
   source?: (pool: FramePool) => FrameSource;
-}
-
-/** What a device run amounts to (`cascade device --json`, `cascade demo`). */
-export interface DeviceReport {
-  deviceId: string;
-  /** Frames the source produced, including those it could not deliver. */
-  frames: number;
-  processed: number;
-  dropped: { backpressure: number; source: number; error: number };
-  /** Results by answering tier (misses count under device). */
-  results: { device: number; gateway: number; cloud: number };
-  misses: number;
-  late: number;
-  offloads: number;
-  /** Results by policy reason code. */
-  reasons: Record<string, number>;
-  /** Offload envelope bytes published. */
-  uplinkBytes: number;
-  /** Envelope bytes had every frame been offloaded as a tensor. */
-  allFramesBytes: number;
-  resultBytes: number;
-  /** Results still unpublished at the end (broker unreachable). */
-  unpublished: number;
-  preprocess: string;
-  mode: 'pipelined' | 'sequential';
 }
 
 export class DeviceApp {
@@ -490,58 +466,15 @@ export class DeviceApp {
 
   /** The run so far. */
   report(): DeviceReport {
-    const c = this.counts;
-    const results = { device: 0, gateway: 0, cloud: 0 };
-    const reasons: Record<string, number> = {};
-    for (const [key, n] of c.results) {
-      const [tier, reason] = key.split('|');
-      results[tier as keyof typeof results] += n;
-      reasons[reason] = (reasons[reason] ?? 0) + n;
-    }
-    let misses = 0;
-    for (const n of c.misses.values()) misses += n;
-    let offloads = 0;
-    for (const n of c.offloads.values()) offloads += n;
-    const frames = c.captured + this.source.lost;
-    return {
+    return buildReport({
       deviceId: this.config.deviceId,
-      frames,
-      processed: c.processed,
-      dropped: { ...c.dropped, source: this.source.lost },
-      results,
-      misses,
+      counts: this.counts,
+      lost: this.source.lost,
       late: this.#offload?.counters.late ?? 0,
-      offloads,
-      reasons,
-      uplinkBytes: c.bytes.offload,
-      allFramesBytes: frames * this.#tensorEnvelope,
-      resultBytes: c.bytes.result,
+      tensorEnvelopeBytes: this.#tensorEnvelope,
       unpublished: this.#publisher.queued,
       preprocess: this.#pre.backend,
       mode: this.pipeline.mode,
-    };
+    });
   }
-}
-
-/** Envelope bytes of one tensor offload (the "offload every frame" comparison). */
-function tensorEnvelopeBytes(deviceId: string, version: string, spec: InputSpec): number {
-  const tensor = tensorInfo(spec);
-  return encode({
-    kind: 'offload',
-    deviceId,
-    frameId: 0,
-    captureTime: 0,
-    budgetLeftMs: 0,
-    modelVersion: version,
-    topk: [
-      { label: 0, prob: 0.5 },
-      { label: 1, prob: 0.3 },
-      { label: 2, prob: 0.2 },
-    ],
-    trace: { traceId: '1'.repeat(32), spanId: '1'.repeat(16), flags: 1 },
-    contentType: 'tensorU8',
-    tensor,
-    privacy: false,
-    payload: new Uint8Array(tensor.channels * tensor.height * tensor.width),
-  }).length;
 }

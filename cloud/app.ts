@@ -116,9 +116,12 @@ export async function buildCloudApp(config: Readonly<CloudConfig>, deps: CloudDe
   const engine =
     deps.engine ??
     (await loadServingEngine(cardPath, {
-      file: config.modelFile,
+      thread: config.engineThread,
+      engines: config.engines ? [...config.engines] : undefined,
       intraOpThreads: config.intraOpThreads,
-      executionProviders: [...config.executionProviders],
+      workers: config.concurrency,
+      maxBatch: config.maxBatch,
+      logger,
     }));
   const card = engine.card;
   const sched = deps.scheduler ?? realScheduler;

@@ -45,8 +45,10 @@ export const CloudConfigSchema = Type.Object(
     /** Teacher card; default the registry's cloud model. */
     model: Type.Optional(Type.String({ minLength: 1 })),
     registry: Type.Optional(Type.String({ minLength: 1 })),
-    modelFile: Type.Optional(Type.String({ minLength: 1 })),
-    executionProviders: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, default: ['cpu'] }),
+    /** Inference backends to try, in order (models/engines.ts names: 'tensorrt-native', 'ort-tensorrt', 'ort-cuda', 'ort-cpu'); default all by priority. */
+    engines: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })),
+    /** Run the model in a worker thread (I/O and inference overlap) or on the main thread. */
+    engineThread: Type.Union([Type.Literal('worker'), Type.Literal('main')], { default: 'worker' }),
     intraOpThreads: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
     concurrency: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
     maxBatch: Type.Integer({ minimum: 1, maximum: 256, default: 32 }),

@@ -82,9 +82,12 @@ export async function buildApp(config: Readonly<GatewayConfig>, deps: GatewayDep
   const engine =
     deps.engine ??
     (await loadServingEngine(cardPath, {
-      file: config.modelFile,
+      thread: config.engineThread,
+      engines: config.engines ? [...config.engines] : undefined,
       intraOpThreads: config.intraOpThreads,
-      executionProviders: [...config.executionProviders],
+      workers: config.concurrency,
+      maxBatch: config.maxBatch,
+      logger,
     }));
   const card = engine.card;
   const now = deps.scheduler ? () => deps.scheduler!.now() : () => performance.now();

@@ -53,10 +53,10 @@ export const GatewayConfigSchema = Type.Object(
     model: Type.Optional(Type.String({ minLength: 1 })),
     /** Registry file; default models/registry.json. */
     registry: Type.Optional(Type.String({ minLength: 1 })),
-    /** Card file or form to load (e.g. 'qdq-cpu'); default the card's first file. */
-    modelFile: Type.Optional(Type.String({ minLength: 1 })),
-    /** ONNX Runtime execution providers in order of preference. */
-    executionProviders: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, default: ['cpu'] }),
+    /** Inference backends to try, in order (models/engines.ts names: 'tensorrt-native', 'ort-tensorrt', 'ort-cuda', 'ort-cpu'); default all by priority. */
+    engines: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })),
+    /** Run the model in a worker thread (I/O and inference overlap) or on the main thread. */
+    engineThread: Type.Union([Type.Literal('worker'), Type.Literal('main')], { default: 'worker' }),
     intraOpThreads: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
     /** Engine sessions running batches at the same time. */
     concurrency: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),

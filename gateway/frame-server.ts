@@ -125,10 +125,9 @@ export class FrameServer {
     for (let i = 0; i < 64; i++) this.#engine.preprocess(pixels, 1);
     for (let n = 2; n < max; n *= 2) await this.#engine.runTensor(new Float32Array(n * per), n);
     for (const n of [1, max]) {
-      const batch = new Float32Array(n * per);
       for (let r = 0; r < rounds; r++) {
         const t0 = this.#sched.now();
-        await this.#engine.runTensor(batch, n);
+        await this.#engine.runTensor(new Float32Array(n * per), n);
         if (r > 0) this.#batcher.observeService(n, this.#sched.now() - t0);
       }
     }

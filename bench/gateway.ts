@@ -1,0 +1,410 @@
+/**
+ * bench:gateway — throughput of the real gateway with dynamic batching against batch-1 serving,
+ * at the same p99 latency budget, over MQTT.
+ *
+ *   npm run bench:gateway -- [--json] [--budget-ms 50] [--duration-s 3] [--trials 3]
+ *                             [--max-batch 32] [--max-delay-ms 2] [--broker mqtt://…] [--qos 0|1]
+ *
+ * Set-up: a Mosquitto broker (spawned on a free loopback port unless --broker is given), one
+ * `cascade gateway` child process (one engine session, one ONNX Runtime thread) and this process
+ * as an open-loop load generator publishing real Fashion-MNIST frames as tensor offloads (the
+ * device's envelope, budget `--budget-ms`), timing each frame from publish to its answer.
+ *
+ * For each mode (batch-1: --max-batch 1 --max-delay-ms 0; batched: the given batch settings) the
+ * offered rate grows by 25 % per step until a step fails; a step passes when every frame is
+ * answered, ≥ 99 % of the answers are `ok` (not refused or expired) and the p99 latency is within
+ * the budget. The highest passing rate is then re-run `--trials` times; the medians are reported:
+ * {"batchedThroughput","batch1Throughput","p99Ms","budgetMs","unanswered", …} (throughput =
+ * ok answers per second; p99Ms = the batched mode's; unanswered = frames without any answer in
+ * all final trials). Throughput depends on how many cores are free: run it pinned
+ * (`taskset -c 0,1 npm run bench:gateway`) and report the machine's load with the numbers.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { connect, createServer } from 'node:net';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { choiceOpt, numberOpt, parse } from '../cascade/args.ts';
+import { MqttConnection } from '../cascade/mqtt.ts';
+import { decode, encode, type OffloadMessage, Topics } from '../cascade/protocol.ts';
+import type { ModelCard } from '../models/card.ts';
+import { loadBundledSample } from '../models/data/load.ts';
+import { loadRegistry, modelForTier } from '../models/registry.ts';
+
+const BIN = fileURLToPath(new URL('../cascade/bin.mjs', import.meta.url));
+const MOSQUITTO = '/usr/sbin/mosquitto';
+const DEVICE = 'bench-cam';
+
+interface Step {
+  rate: number;
+  sentRate: number;
+  sent: number;
+  ok: number;
+  refused: number;
+  expired: number;
+  unanswered: number;
+  p50Ms: number;
+  p99Ms: number;
+  okPerSec: number;
+  pass: boolean;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
+async function waitPort(port: number): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const c = connect(port, '127.0.0.1');
+      c.once('connect', () => {
+        c.destroy();
+        resolve(true);
+      });
+      c.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`port ${port} not accepting`);
+}
+
+async function startMosquitto(): Promise<{ url: string; stop: () => void }> {
+  if (!existsSync(MOSQUITTO)) throw new Error(`${MOSQUITTO} not found: install mosquitto or pass --broker`);
+  const dir = mkdtempSync(join(tmpdir(), 'bench-mosq-'));
+  const port = await freePort();
+  // Queue and in-flight limits above the defaults (1000 / 20): overload should show in the
+  // gateway's answers, not as messages the broker dropped.
+  writeFileSync(
+    join(dir, 'm.conf'),
+    `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\nmax_queued_messages 100000\nmax_inflight_messages 200\n`,
+  );
+  const child = spawn(MOSQUITTO, ['-c', join(dir, 'm.conf')], { stdio: 'ignore' });
+  await waitPort(port);
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    stop: () => {
+      child.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function startGateway(broker: string, maxBatch: number, maxDelayMs: number): Promise<ChildProcess> {
+  const args = [
+    BIN,
+    'gateway',
+    '--broker',
+    broker,
+    '--http-port',
+    '0',
+    '--http-host',
+    '127.0.0.1',
+    '--max-batch',
+    String(maxBatch),
+    '--max-delay-ms',
+    String(maxDelayMs),
+    '--log-level',
+    'info',
+  ];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    let buf = '';
+    child.once('exit', (code) => reject(new Error(`gateway exited with ${code}`)));
+    child.stdout?.on('data', (d) => {
+      buf += String(d);
+      if (buf.includes('"gateway ready"')) {
+        child.stdout?.removeAllListeners('data');
+        child.stdout?.resume();
+        resolve();
+      }
+    });
+  });
+  return child;
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)];
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Pre-encoded offloads of real images; the frame id is patched in per send. */
+function envelopes(card: ModelCard, images: Uint8Array, n: number, budgetMs: number): Buffer[] {
+  const { height: h, width: w, mean, std, quant } = card.input;
+  const scale = quant?.scale ?? 1 / 255;
+  const zp = quant?.zeroPoint ?? 0;
+  const out: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const px = images.subarray(i * h * w, (i + 1) * h * w);
+    const q = new Uint8Array(px.length);
+    for (let k = 0; k < px.length; k++)
+      q[k] = Math.min(255, Math.max(0, Math.round((px[k] / 255 - mean[0]) / std[0] / scale + zp)));
+    const m: OffloadMessage = {
+      kind: 'offload',
+      deviceId: DEVICE,
+      frameId: 0,
+      captureTime: Date.now(),
+      budgetLeftMs: budgetMs,
+      modelVersion: card.version,
+      topk: [{ label: 0, prob: 0.5 }],
+      trace: { traceId: '1'.repeat(32), spanId: '2'.repeat(16), flags: 1 },
+      contentType: 'tensorU8',
+      tensor: {
+        layout: 'NCHW',
+        channels: 1,
+        height: h,
+        width: w,
+        scale,
+        zeroPoint: zp,
+        mean: [mean[0]],
+        std: [std[0]],
+      },
+      privacy: false,
+      payload: q,
+    };
+    out.push(encode(m));
+  }
+  return out;
+}
+
+/** The byte offset of the frame id in an envelope of {@link DEVICE}. */
+const FRAME_ID_AT = 6 + 1 + Buffer.byteLength(DEVICE);
+
+class Generator {
+  readonly conn: MqttConnection;
+  #sentAt = new Float64Array(0);
+  #status = new Int8Array(0); // -1 none, 0 ok, 1 expired, 2 overloaded, 3 error
+  #latency = new Float64Array(0);
+
+  constructor(url: string) {
+    this.conn = new MqttConnection({ url, clientId: `bench-gen-${process.pid}` });
+    this.conn.client.on('message', (_t, payload) => {
+      const now = performance.now();
+      const m = decode(payload);
+      if (m.kind !== 'answer' || m.frameId >= this.#status.length || this.#status[m.frameId] !== -1) return;
+      this.#status[m.frameId] = { ok: 0, expired: 1, overloaded: 2, error: 3 }[m.status];
+      this.#latency[m.frameId] = now - this.#sentAt[m.frameId];
+    });
+  }
+
+  async start(): Promise<void> {
+    await this.conn.waitConnected();
+    await this.conn.client.subscribeAsync(Topics.answer(DEVICE), { qos: 1 });
+  }
+
+  /** Offers `rate` frames/s for `durationS`, then waits for stragglers; returns the step. */
+  async run(env: Buffer[], rate: number, durationS: number, budgetMs: number, qos: 0 | 1): Promise<Step> {
+    const total = Math.max(1, Math.round(rate * durationS));
+    this.#sentAt = new Float64Array(total);
+    this.#status = new Int8Array(total).fill(-1);
+    this.#latency = new Float64Array(total);
+    const topic = Topics.offload(DEVICE);
+    const start = performance.now();
+    let sent = 0;
+    await new Promise<void>((resolve) => {
+      const tick = (): void => {
+        const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1);
+        while (sent < due) {
+          const buf = Buffer.from(env[sent % env.length]);
+          buf.writeUInt32BE(sent, FRAME_ID_AT);
+          this.#sentAt[sent] = performance.now();
+          this.conn.client.publish(topic, buf, { qos });
+          sent++;
+        }
+        if (sent >= total) resolve();
+        else setTimeout(tick, 1);
+      };
+      tick();
+    });
+    const sendS = (performance.now() - start) / 1000;
+    // Answers come within the budget or not at all; leave room for queued PUBACKs.
+    const until = performance.now() + budgetMs + 2000;
+    while (performance.now() < until && this.#status.includes(-1))
+      await new Promise((r) => setTimeout(r, 20));
+    let ok = 0;
+    let refused = 0;
+    let expired = 0;
+    let unanswered = 0;
+    const lat: number[] = [];
+    for (let i = 0; i < total; i++) {
+      const s = this.#status[i];
+      if (s === -1) unanswered++;
+      else {
+        lat.push(this.#latency[i]);
+        if (s === 0) ok++;
+        else if (s === 2) refused++;
+        else expired++;
+      }
+    }
+    const sorted = Float64Array.from(lat).sort();
+    const p99Ms = percentile(sorted, 0.99);
+    return {
+      rate,
+      sentRate: total / sendS,
+      sent: total,
+      ok,
+      refused,
+      expired,
+      unanswered,
+      p50Ms: percentile(sorted, 0.5),
+      p99Ms,
+      okPerSec: ok / sendS,
+      pass: unanswered === 0 && ok >= 0.99 * total && p99Ms <= budgetMs && total / sendS >= 0.95 * rate,
+    };
+  }
+}
+
+interface ModeResult {
+  throughput: number;
+  p99Ms: number;
+  p50Ms: number;
+  rate: number;
+  unanswered: number;
+  search: Step[];
+  trials: Step[];
+}
+
+async function measureMode(
+  broker: string,
+  gen: Generator,
+  env: Buffer[],
+  o: {
+    maxBatch: number;
+    maxDelayMs: number;
+    budgetMs: number;
+    durationS: number;
+    trials: number;
+    qos: 0 | 1;
+    log: (s: string) => void;
+  },
+): Promise<ModeResult> {
+  const gw = await startGateway(broker, o.maxBatch, o.maxDelayMs);
+  try {
+    // Warm the gateway (JIT, engine first runs) before measuring.
+    await gen.run(env, 500, 1, o.budgetMs, o.qos);
+    const search: Step[] = [];
+    let rate = 500;
+    let best: Step | undefined;
+    for (let i = 0; i < 30; i++) {
+      const s = await gen.run(env, rate, o.durationS, o.budgetMs, o.qos);
+      search.push(s);
+      o.log(
+        `  batch ${o.maxBatch}: offered ${rate.toFixed(0)}/s → ok ${s.okPerSec.toFixed(0)}/s, p99 ${s.p99Ms.toFixed(1)} ms, refused ${s.refused}, expired ${s.expired}, unanswered ${s.unanswered} ${s.pass ? 'pass' : 'FAIL'}`,
+      );
+      if (!s.pass) break;
+      best = s;
+      rate *= 1.25;
+    }
+    if (!best) throw new Error(`batch ${o.maxBatch}: not even ${rate}/s passes; the machine is too busy`);
+    const trials: Step[] = [];
+    for (let t = 0; t < o.trials; t++) {
+      const s = await gen.run(env, best.rate, o.durationS, o.budgetMs, o.qos);
+      trials.push(s);
+      o.log(
+        `  batch ${o.maxBatch}: trial ${t + 1} at ${best.rate.toFixed(0)}/s → ok ${s.okPerSec.toFixed(0)}/s, p99 ${s.p99Ms.toFixed(1)} ms`,
+      );
+    }
+    return {
+      throughput: median(trials.map((s) => s.okPerSec)),
+      p99Ms: median(trials.map((s) => s.p99Ms)),
+      p50Ms: median(trials.map((s) => s.p50Ms)),
+      rate: best.rate,
+      unanswered: trials.reduce((a, s) => a + s.unanswered, 0),
+      search,
+      trials,
+    };
+  } finally {
+    gw.kill('SIGTERM');
+    await new Promise((r) => gw.once('exit', r));
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const { values: v } = parse(argv, {
+    json: { type: 'boolean' },
+    'budget-ms': { type: 'string' },
+    'duration-s': { type: 'string' },
+    trials: { type: 'string' },
+    'max-batch': { type: 'string' },
+    'max-delay-ms': { type: 'string' },
+    broker: { type: 'string' },
+    qos: { type: 'string' },
+  });
+  const budgetMs = numberOpt('--budget-ms', v['budget-ms'], { min: 1 }) ?? 50;
+  const durationS = numberOpt('--duration-s', v['duration-s'], { min: 0.5 }) ?? 3;
+  const trials = numberOpt('--trials', v.trials, { integer: true, min: 1 }) ?? 3;
+  const maxBatch = numberOpt('--max-batch', v['max-batch'], { integer: true, min: 2 }) ?? 32;
+  const maxDelayMs = numberOpt('--max-delay-ms', v['max-delay-ms'], { min: 0 }) ?? 2;
+  const qos = Number(choiceOpt('--qos', v.qos, ['0', '1'] as const) ?? '1') as 0 | 1;
+  const log = (s: string): void => {
+    process.stderr.write(`${s}\n`);
+  };
+  const card = JSON.parse(
+    await readFile(modelForTier(await loadRegistry(), 'device').card, 'utf8'),
+  ) as ModelCard;
+  const data = await loadBundledSample();
+  const env = envelopes(card, data.images, 512, budgetMs);
+  const mosq = v.broker === undefined ? await startMosquitto() : undefined;
+  const broker = v.broker ?? mosq?.url ?? '';
+  const gen = new Generator(broker);
+  try {
+    await gen.start();
+    const common = { budgetMs, durationS, trials, qos, log };
+    log(`bench:gateway over MQTT (${broker}), budget ${budgetMs} ms, load ${loadavg()[0].toFixed(2)}`);
+    const one = await measureMode(broker, gen, env, { ...common, maxBatch: 1, maxDelayMs: 0 });
+    const many = await measureMode(broker, gen, env, { ...common, maxBatch, maxDelayMs });
+    const report = {
+      batchedThroughput: Math.round(many.throughput),
+      batch1Throughput: Math.round(one.throughput),
+      p99Ms: Math.round(many.p99Ms * 100) / 100,
+      budgetMs,
+      unanswered: many.unanswered + one.unanswered,
+      ratio: Math.round((many.throughput / one.throughput) * 100) / 100,
+      batch1P99Ms: Math.round(one.p99Ms * 100) / 100,
+      p50Ms: Math.round(many.p50Ms * 100) / 100,
+      batch1P50Ms: Math.round(one.p50Ms * 100) / 100,
+      transport: 'mqtt',
+      qos,
+      maxBatch,
+      maxDelayMs,
+      trials,
+      durationS,
+      cpus: cpus().length,
+      loadAvg1m: Math.round(loadavg()[0] * 100) / 100,
+    };
+    if (v.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+    else {
+      process.stdout.write(
+        [
+          `gateway over MQTT, p99 budget ${budgetMs} ms (medians of ${trials} trials of ${durationS} s)`,
+          `  batch-1 serving:   ${report.batch1Throughput} frames/s  (p50 ${report.batch1P50Ms} ms, p99 ${report.batch1P99Ms} ms)`,
+          `  dynamic batching:  ${report.batchedThroughput} frames/s  (p50 ${report.p50Ms} ms, p99 ${report.p99Ms} ms, max batch ${maxBatch}, max delay ${maxDelayMs} ms)`,
+          `  ratio ${report.ratio}x, unanswered ${report.unanswered}`,
+          '',
+        ].join('\n'),
+      );
+    }
+  } finally {
+    await gen.conn.close(true);
+    mosq?.stop();
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  process.stderr.write(`bench:gateway: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});

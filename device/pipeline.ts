@@ -158,6 +158,20 @@ export class DevicePipeline {
     }
   }
 
+  /**
+   * Runs `frame` through preprocessing and inference `rounds` times on both buffers without
+   * calling the handler or releasing the frame, so that the first real frames do not pay for
+   * lazy initialisation and JIT compilation.
+   */
+  async warmUp(frame: CameraFrame, rounds = 5): Promise<void> {
+    for (let i = 0; i < rounds; i++) {
+      for (const b of [0, 1] as const) {
+        await this.#o.preprocessor.run(frame, b);
+        await this.#o.model.run(this.#states[b].run);
+      }
+    }
+  }
+
   /** Preprocesses into buffer `b`; false (frame released, error reported) on failure. */
   async #prep(frame: CameraFrame, b: 0 | 1): Promise<boolean> {
     const s = this.#states[b];

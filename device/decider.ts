@@ -165,7 +165,7 @@ export class FrameDecider {
       this.#send(
         {
           ...base,
-          budgetLeftMs: Math.max(0, budgetLeft),
+          budgetLeftMs: 0, // set when sent
           contentType: 'tensorU8',
           tensor: this.#tensor,
           payload: bytes,
@@ -176,17 +176,15 @@ export class FrameDecider {
     }
     // JPEG: copy the ROI now (the frame goes back to its pool), encode off the main thread.
     const rgb = cropRgb(frame);
-    const started = performance.now();
     this.#encoding++;
     encodeJpeg(rgb, quality)
       .then((jpeg) => {
         this.#jpegSizes.observe(quality, rgb.width * rgb.height, jpeg.length);
-        const left = budgetLeft - (performance.now() - started);
-        if (left <= 0 || o.offload?.blocked() !== null) {
+        if (o.offload?.blocked() !== null) {
           this.#missed(local, 'timeout');
           return;
         }
-        this.#send({ ...base, budgetLeftMs: left, contentType: 'jpeg' as ContentType, payload: jpeg }, local);
+        this.#send({ ...base, budgetLeftMs: 0, contentType: 'jpeg' as ContentType, payload: jpeg }, local);
       })
       .catch((err: unknown) => {
         o.onError?.(err);
@@ -198,10 +196,21 @@ export class FrameDecider {
       });
   }
 
+  /**
+   * Publishes an offload. Its deadline is the frame's (capture + budget − margin), read at the
+   * moment of sending: time spent since the decision (a JPEG encode, or a preempted process)
+   * comes out of the wait, never out of the budget.
+   */
   #send(msg: OffloadMessage, local: Local): void {
     const o = this.#o;
+    const left = o.budgetMs - o.marginMs - (wallClock() - local.captureTime);
+    if (left <= 0) {
+      this.#missed(local, 'timeout');
+      return;
+    }
+    msg.budgetLeftMs = left;
     const client = o.offload as OffloadClient;
-    const bytes = client.send(msg, msg.budgetLeftMs, (outcome) => this.#settled(local, outcome));
+    const bytes = client.send(msg, left, (outcome) => this.#settled(local, outcome));
     o.counts.bytes.offload += bytes;
   }
 

@@ -11,18 +11,18 @@
  * device's envelope, budget `--budget-ms`), timing each frame from publish to its answer.
  *
  * For each mode (batch-1: --max-batch 1 --max-delay-ms 0; batched: the given batch settings) the
- * offered rate grows by 25 % per step until a step fails; a step passes when every frame is
- * answered, ≥ 99 % of the answers are `ok` (not refused or expired) and the p99 latency is within
- * the budget. The highest passing rate is then re-run `--trials` times; the medians are reported:
+ * offered rate grows by 25 % per step until a step fails (twice: one retry absorbs a single
+ * scheduling stall on a shared machine); a step passes when every frame is answered, ≥ 99 % of
+ * the answers are `ok` (not refused or expired) and the p99 latency is within the budget. The highest passing rate is then re-run `--trials` times; the medians are reported:
  * {"batchedThroughput","batch1Throughput","p99Ms","budgetMs","unanswered", …} (throughput =
  * ok answers per second; p99Ms = the batched mode's; unanswered = frames without any answer in
  * all final trials). Throughput depends on how many cores are free: run it pinned
  * (`taskset -c 0,1 npm run bench:gateway`) and report the machine's load with the numbers.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -78,7 +78,7 @@ async function waitPort(port: number): Promise<void> {
   throw new Error(`port ${port} not accepting`);
 }
 
-async function startMosquitto(): Promise<{ url: string; stop: () => void }> {
+async function startMosquitto(): Promise<{ url: string; pid: number | undefined; stop: () => void }> {
   if (!existsSync(MOSQUITTO)) throw new Error(`${MOSQUITTO} not found: install mosquitto or pass --broker`);
   const dir = mkdtempSync(join(tmpdir(), 'bench-mosq-'));
   const port = await freePort();
@@ -86,12 +86,13 @@ async function startMosquitto(): Promise<{ url: string; stop: () => void }> {
   // gateway's answers, not as messages the broker dropped.
   writeFileSync(
     join(dir, 'm.conf'),
-    `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\nmax_queued_messages 100000\nmax_inflight_messages 200\n`,
+    `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\nset_tcp_nodelay true\nmax_queued_messages 100000\nmax_inflight_messages 200\n`,
   );
   const child = spawn(MOSQUITTO, ['-c', join(dir, 'm.conf')], { stdio: 'ignore' });
   await waitPort(port);
   return {
     url: `mqtt://127.0.0.1:${port}`,
+    pid: child.pid,
     stop: () => {
       child.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
@@ -130,6 +131,25 @@ async function startGateway(broker: string, maxBatch: number, maxDelayMs: number
     });
   });
   return child;
+}
+
+/** CPU time (user + system) of a process so far, ms; undefined where /proc is not there. */
+function cpuMs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, at 100 ticks/s
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU µs per ok frame of each process over a trial (gateway, broker, load generator). */
+interface CpuPerFrame {
+  gateway?: number;
+  broker?: number;
+  generator?: number;
 }
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -194,10 +214,25 @@ class Generator {
     this.conn = new MqttConnection({ url, clientId: `bench-gen-${process.pid}` });
     this.conn.client.on('message', (_t, payload) => {
       const now = performance.now();
+      this.#cork();
       const m = decode(payload);
       if (m.kind !== 'answer' || m.frameId >= this.#status.length || this.#status[m.frameId] !== -1) return;
       this.#status[m.frameId] = { ok: 0, expired: 1, overloaded: 2, error: 3 }[m.status];
       this.#latency[m.frameId] = now - this.#sentAt[m.frameId];
+    });
+  }
+
+  #corked = false;
+
+  /** One write per event-loop turn for all the publishes and PUBACKs of the turn. */
+  #cork(): void {
+    const s = this.conn.client.stream as Partial<Socket> | undefined;
+    if (this.#corked || !s?.cork || !s.uncork) return;
+    this.#corked = true;
+    s.cork();
+    setImmediate(() => {
+      this.#corked = false;
+      s.uncork?.();
     });
   }
 
@@ -218,6 +253,7 @@ class Generator {
     await new Promise<void>((resolve) => {
       const tick = (): void => {
         const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1);
+        if (sent < due) this.#cork();
         while (sent < due) {
           const buf = Buffer.from(env[sent % env.length]);
           buf.writeUInt32BE(sent, FRAME_ID_AT);
@@ -270,6 +306,7 @@ class Generator {
 
 interface ModeResult {
   throughput: number;
+  cpuUsPerFrame: CpuPerFrame;
   p99Ms: number;
   p50Ms: number;
   rate: number;
@@ -289,6 +326,7 @@ async function measureMode(
     durationS: number;
     trials: number;
     qos: 0 | 1;
+    brokerPid: number | undefined;
     log: (s: string) => void;
   },
 ): Promise<ModeResult> {
@@ -297,28 +335,49 @@ async function measureMode(
     // Warm the gateway (JIT, engine first runs) before measuring.
     await gen.run(env, 500, 1, o.budgetMs, o.qos);
     const search: Step[] = [];
-    let rate = 500;
+    let rate = 400;
     let best: Step | undefined;
-    for (let i = 0; i < 30; i++) {
-      const s = await gen.run(env, rate, o.durationS, o.budgetMs, o.qos);
+    for (let i = 0; i < 40; i++) {
+      let s = await gen.run(env, rate, o.durationS, o.budgetMs, o.qos);
+      // One retry: on a shared machine a single scheduling stall can sink a p99 on its own.
+      if (!s.pass) {
+        search.push(s);
+        s = await gen.run(env, rate, o.durationS, o.budgetMs, o.qos);
+      }
       search.push(s);
       o.log(
-        `  batch ${o.maxBatch}: offered ${rate.toFixed(0)}/s → ok ${s.okPerSec.toFixed(0)}/s, p99 ${s.p99Ms.toFixed(1)} ms, refused ${s.refused}, expired ${s.expired}, unanswered ${s.unanswered} ${s.pass ? 'pass' : 'FAIL'}`,
+        `  batch ${o.maxBatch}: offered ${rate.toFixed(0)}/s → ok ${s.okPerSec.toFixed(0)}/s, p50 ${s.p50Ms.toFixed(1)} ms, p99 ${s.p99Ms.toFixed(1)} ms, refused ${s.refused}, expired ${s.expired}, unanswered ${s.unanswered} ${s.pass ? 'pass' : 'FAIL'}`,
       );
-      if (!s.pass) break;
-      best = s;
-      rate *= 1.25;
+      if (s.pass) {
+        best = s;
+        rate *= 1.25;
+      } else if (best === undefined && rate > 50) {
+        rate /= 2; // not even the first rate: look lower
+      } else {
+        break;
+      }
     }
     if (!best) throw new Error(`batch ${o.maxBatch}: not even ${rate}/s passes; the machine is too busy`);
     const trials: Step[] = [];
+    const cpu: Record<string, number[]> = {};
     for (let t = 0; t < o.trials; t++) {
+      const pids = { gateway: gw.pid, broker: o.brokerPid, generator: process.pid };
+      const before = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuMs(pid)]));
       const s = await gen.run(env, best.rate, o.durationS, o.budgetMs, o.qos);
+      for (const [k, pid] of Object.entries(pids)) {
+        const a = before[k];
+        const b = cpuMs(pid);
+        if (a === undefined || b === undefined || s.ok === 0) continue;
+        cpu[k] ??= [];
+        cpu[k].push(((b - a) * 1000) / s.ok);
+      }
       trials.push(s);
       o.log(
         `  batch ${o.maxBatch}: trial ${t + 1} at ${best.rate.toFixed(0)}/s → ok ${s.okPerSec.toFixed(0)}/s, p99 ${s.p99Ms.toFixed(1)} ms`,
       );
     }
     return {
+      cpuUsPerFrame: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, Math.round(median(v))])),
       throughput: median(trials.map((s) => s.okPerSec)),
       p99Ms: median(trials.map((s) => s.p99Ms)),
       p50Ms: median(trials.map((s) => s.p50Ms)),
@@ -363,7 +422,7 @@ async function main(argv: string[]): Promise<void> {
   const gen = new Generator(broker);
   try {
     await gen.start();
-    const common = { budgetMs, durationS, trials, qos, log };
+    const common = { budgetMs, durationS, trials, qos, log, brokerPid: mosq?.pid };
     log(`bench:gateway over MQTT (${broker}), budget ${budgetMs} ms, load ${loadavg()[0].toFixed(2)}`);
     const one = await measureMode(broker, gen, env, { ...common, maxBatch: 1, maxDelayMs: 0 });
     const many = await measureMode(broker, gen, env, { ...common, maxBatch, maxDelayMs });
@@ -385,6 +444,8 @@ async function main(argv: string[]): Promise<void> {
       durationS,
       cpus: cpus().length,
       loadAvg1m: Math.round(loadavg()[0] * 100) / 100,
+      cpuUsPerFrame: { batch1: one.cpuUsPerFrame, batched: many.cpuUsPerFrame },
+      rates: { batch1: Math.round(one.rate), batched: Math.round(many.rate) },
     };
     if (v.json) process.stdout.write(`${JSON.stringify(report)}\n`);
     else {

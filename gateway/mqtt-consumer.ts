@@ -8,6 +8,7 @@
  * rejected (`topic`): a device may only speak for itself.
  */
 import { randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
 import type { IPublishPacket } from 'mqtt';
 import { realScheduler, type Scheduler } from '../cascade/batcher.ts';
 import { MqttConnection } from '../cascade/mqtt.ts';
@@ -57,6 +58,7 @@ export class OffloadConsumer {
   readonly #sched: Scheduler;
   #accepting = true;
   #closed = false;
+  #corked = false;
 
   constructor(opts: OffloadConsumerOptions) {
     this.#opts = opts;
@@ -129,6 +131,24 @@ export class OffloadConsumer {
     await this.#conn.close();
   }
 
+  /**
+   * Corks the broker socket until the end of this event-loop turn, so the PUBACKs and answers
+   * of every frame handled in the turn (a whole batch of answers, a burst of offloads) leave in
+   * one write instead of one syscall each: at thousands of frames per second the writes were
+   * the gateway's largest cost.
+   */
+  #cork(): void {
+    if (this.#corked) return;
+    const stream = this.#conn.client.stream as Partial<Socket> | undefined;
+    if (!stream || typeof stream.cork !== 'function' || typeof stream.uncork !== 'function') return;
+    this.#corked = true;
+    stream.cork();
+    setImmediate(() => {
+      this.#corked = false;
+      stream.uncork?.();
+    });
+  }
+
   #reject(reason: string, detail: string): void {
     this.#opts.metrics.rejects.inc({ reason });
     this.#opts.logger.debug({ reason, detail }, 'offload rejected');
@@ -136,6 +156,7 @@ export class OffloadConsumer {
 
   #onMessage(topic: string, payload: Buffer, _packet: IPublishPacket): void {
     const m = this.#opts.metrics;
+    this.#cork();
     m.received.inc({ transport: 'mqtt' }, payload.length);
     const arrived = this.#sched.now();
     if (!this.#accepting) return;
@@ -227,6 +248,7 @@ export class OffloadConsumer {
     let timer: NodeJS.Timeout | undefined;
     try {
       if (!this.#conn.connected) throw new Error('not connected to the broker');
+      this.#cork();
       const limit = Math.max(PUBACK_TIMEOUT_MS, left);
       await Promise.race([
         this.#conn.client.publishAsync(Topics.answer(msg.deviceId), bytes, { qos: 1, properties }),

@@ -12,7 +12,20 @@ import { newTrace, parseTraceparent, type TraceContext, traceparent } from '../p
 /** Source of random bytes (injected in tests). */
 export type RandomBytes = (n: number) => Uint8Array;
 
-const defaultRandom: RandomBytes = (n) => randomBytes(n);
+/** Random bytes from a pooled buffer: one getrandom call per 4 KiB instead of one per span. */
+const POOL_BYTES = 4096;
+let pool = randomBytes(POOL_BYTES);
+let poolAt = 0;
+const defaultRandom: RandomBytes = (n) => {
+  if (n > POOL_BYTES) return randomBytes(n);
+  if (poolAt + n > POOL_BYTES) {
+    pool = randomBytes(POOL_BYTES);
+    poolAt = 0;
+  }
+  const out = pool.subarray(poolAt, poolAt + n);
+  poolAt += n;
+  return out;
+};
 
 /** A child of `parent`: same trace id and flags, a new span id. */
 export function childTrace(parent: TraceContext, random: RandomBytes = defaultRandom): TraceContext {

@@ -3,6 +3,7 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import mqtt from 'mqtt';
 import sharp from 'sharp';
 import { startEmbeddedBroker } from '../cascade/broker.ts';
 import { MqttConnection } from '../cascade/mqtt.ts';
@@ -22,6 +23,7 @@ import { buildApp as buildGateway } from '../gateway/app.ts';
 import { loadGatewayConfig } from '../gateway/config.ts';
 import type { ImageDataset } from '../models/data/dataset.ts';
 import { loadBundledSample } from '../models/data/load.ts';
+import { MOSQUITTO_SKIP, startMosquitto } from './fixtures/mosquitto.ts';
 
 let ds: ImageDataset;
 let dir: string;
@@ -52,14 +54,19 @@ after(async () => {
 
 function device(
   broker: string,
-  opts: { id: string; frames: number; fps?: number; policy?: string; budgetMs?: number },
+  opts: { id: string; frames: number; fps?: number; policy?: string; budgetMs?: number; mqtt5?: boolean },
 ) {
   const config = loadDeviceConfig({
     flags: {
       deviceId: opts.id,
       // A generous budget: a loaded test machine must not turn the first slow answers into misses.
       budgetMs: opts.budgetMs ?? 250,
-      broker: { url: broker, backoffInitialMs: 20, backoffMaxMs: 200 },
+      broker: {
+        url: broker,
+        backoffInitialMs: 20,
+        backoffMaxMs: 200,
+        protocolVersion: opts.mqtt5 ? 5 : 4,
+      },
       source: { fps: opts.fps ?? 50, frames: opts.frames, shard: { index: 0, count: 50 } },
       policy: { file: opts.policy },
       model: { card },
@@ -337,6 +344,53 @@ describe('device offload over MQTT (embedded broker)', () => {
       );
     } finally {
       await app.shutdown();
+      await broker.close();
+    }
+  });
+});
+
+describe('device offload over MQTT 5 (Mosquitto)', { skip: MOSQUITTO_SKIP }, () => {
+  it('sets message expiry from the budget and the traceparent user property; a real gateway answers', async () => {
+    const broker = await startMosquitto();
+    const gateway = await buildGateway(
+      loadGatewayConfig({
+        flags: { broker: broker.url, protocol: 5, httpPort: 0, httpHost: '127.0.0.1', logLevel: 'silent' },
+      }),
+      { defaultMetrics: false },
+    );
+    await gateway.start();
+    const spy = await mqtt.connectAsync(broker.url, { protocolVersion: 5, reconnectPeriod: 0 });
+    const props: { expiry?: number; traceparent?: unknown; traceId: string }[] = [];
+    spy.on('message', (_t, payload, packet) => {
+      const m = decodeAs(payload, 'offload');
+      props.push({
+        expiry: packet.properties?.messageExpiryInterval,
+        traceparent: packet.properties?.userProperties?.traceparent,
+        traceId: m.trace.traceId,
+      });
+    });
+    await spy.subscribeAsync(Topics.allOffloads, { qos: 1 });
+    const app = await device(broker.url, {
+      id: 'cam-v5',
+      frames: 24,
+      policy: offloadEverything,
+      mqtt5: true,
+    });
+    try {
+      await app.start();
+      const report = await app.finished;
+      accounted(report, 24);
+      assert.ok(report.offloads >= 1);
+      assert.equal(report.results.gateway + report.results.cloud, report.offloads - report.misses);
+      await until(() => props.length >= report.offloads, 3000, 'offload copies');
+      for (const p of props) {
+        assert.equal(p.expiry, 1, 'a 250 ms budget expires after 1 s (whole seconds, at least 1)');
+        assert.match(String(p.traceparent), new RegExp(`^00-${p.traceId}-[0-9a-f]{16}-01$`));
+      }
+    } finally {
+      await app.shutdown();
+      await spy.endAsync();
+      await gateway.close();
       await broker.close();
     }
   });

@@ -110,10 +110,18 @@ export class OffloadConsumer {
   async stopIntake(): Promise<void> {
     this.#accepting = false;
     if (this.#conn.connected) {
+      let timer: NodeJS.Timeout | undefined;
       try {
-        await this.#conn.client.unsubscribeAsync(this.#topic);
+        await Promise.race([
+          this.#conn.client.unsubscribeAsync(this.#topic),
+          new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new Error('no UNSUBACK within 2 s')), 2000);
+          }),
+        ]);
       } catch (err) {
         this.#opts.logger.warn({ err: (err as Error).message }, 'unsubscribe failed');
+      } finally {
+        clearTimeout(timer);
       }
     }
   }
@@ -123,12 +131,22 @@ export class OffloadConsumer {
     return this.#inflight.idle();
   }
 
-  /** Disconnects. Safe to call twice. */
-  async close(): Promise<void> {
+  /**
+   * Disconnects: a clean DISCONNECT after in-flight PUBACKs, or a forced close after
+   * `timeoutMs` (a broker that stopped answering must not hold the shutdown). Safe to call twice.
+   */
+  async close(timeoutMs = 2000): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#accepting = false;
-    await this.#conn.close();
+    let timer: NodeJS.Timeout | undefined;
+    const clean = this.#conn.close().then(() => true);
+    const late = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), timeoutMs);
+    });
+    const closed = await Promise.race([clean, late]);
+    clearTimeout(timer);
+    if (!closed) await this.#conn.client.endAsync(true);
   }
 
   /**

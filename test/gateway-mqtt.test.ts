@@ -120,7 +120,7 @@ async function roundTrip(url: string, protocol: 4 | 5, shared: boolean): Promise
       n,
     );
   } finally {
-    await dev.conn.close();
+    await dev.conn.close(true);
     await app.close();
   }
 }
@@ -192,8 +192,8 @@ describe('gateway over the embedded broker (aedes, MQTT 3.1.1, plain subscriptio
         1,
       );
     } finally {
-      await dev.conn.close();
-      await other.conn.close();
+      await dev.conn.close(true);
+      await other.conn.close(true);
       await app.close();
       await broker.close();
     }
@@ -261,7 +261,7 @@ describe('gateway over the embedded broker (aedes, MQTT 3.1.1, plain subscriptio
       await dev.publish(tensorOffloadBytes('fuzz', 999_999, image(1), 1000));
       await until('a valid frame answered after the fuzz', () => dev.answers.get(999_999)?.status === 'ok');
     } finally {
-      await dev.conn.close();
+      await dev.conn.close(true);
       await app.close();
       await broker.close();
     }

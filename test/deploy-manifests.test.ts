@@ -316,7 +316,7 @@ describe('deploy/ YAML', () => {
     };
     const data = (named('ConfigMap', configMap)?.data as Record<string, string> | undefined)?.[key] ?? '{}';
     const file = JSON.parse(data) as Record<string, unknown>;
-    // Secrets come from the cluster: stand in a placeholder for each, so names still validate.
+    // Secret values come from the cluster at run time; any value lets the loader check the names.
     const env = Object.fromEntries((c.env ?? []).map((e) => [e.name, e.value ?? 'from-the-cluster']));
     return { spec, c, file, env, grace: spec.terminationGracePeriodSeconds as number };
   }
@@ -377,9 +377,9 @@ describe('deploy/ YAML', () => {
 function importClosure(entries: string[]): { files: Set<string>; packages: Set<string> } {
   const files = new Set<string>();
   const packages = new Set<string>();
-  const todo = entries.map((e) => join(ROOT, e));
-  while (todo.length > 0) {
-    const f = todo.pop() as string;
+  const queue = entries.map((e) => join(ROOT, e));
+  while (queue.length > 0) {
+    const f = queue.pop() as string;
     if (files.has(f)) continue;
     files.add(f);
     const text = readFileSync(f, 'utf8');
@@ -387,7 +387,7 @@ function importClosure(entries: string[]): { files: Set<string>; packages: Set<s
       /^\s*(?:import|export)\s[^'"]*?from\s+'([^']+)'|^\s*import\s+'([^']+)'/gm,
     )) {
       const spec = m[1] ?? m[2];
-      if (spec.startsWith('.')) todo.push(resolve(dirname(f), spec));
+      if (spec.startsWith('.')) queue.push(resolve(dirname(f), spec));
       else if (!spec.startsWith('node:'))
         packages.add(spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0]);
     }

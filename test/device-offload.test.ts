@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import mqtt from 'mqtt';
 import sharp from 'sharp';
+import { MOSQUITTO_SKIP, startMosquitto } from '../bench/load/mosquitto.ts';
 import { startEmbeddedBroker } from '../cascade/broker.ts';
 import { MqttConnection } from '../cascade/mqtt.ts';
 import {
@@ -23,7 +24,6 @@ import { buildApp as buildGateway } from '../gateway/app.ts';
 import { loadGatewayConfig } from '../gateway/config.ts';
 import type { ImageDataset } from '../models/data/dataset.ts';
 import { loadBundledSample } from '../models/data/load.ts';
-import { MOSQUITTO_SKIP, startMosquitto } from './fixtures/mosquitto.ts';
 
 let ds: ImageDataset;
 let dir: string;

@@ -4,6 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { freePort } from '../bench/load/mosquitto.ts';
 import { loadServingEngine, type ServingEngine } from '../cascade/service/engine.ts';
 import { metricValue } from '../cascade/service/metrics.ts';
 import { buildCloudApp, type CloudApp } from '../cloud/app.ts';
@@ -13,7 +14,6 @@ import { loadGatewayConfig } from '../gateway/config.ts';
 import type { ImageDataset } from '../models/data/dataset.ts';
 import { loadBundledSample } from '../models/data/load.ts';
 import { loadRegistry, modelForTier } from '../models/registry.ts';
-import { freePort } from './fixtures/mosquitto.ts';
 
 const PX = 784;
 let data: ImageDataset;

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import type { IPublishPacket } from 'mqtt';
 import sharp from 'sharp';
+import { MOSQUITTO_SKIP, type MosquittoBroker, startMosquitto } from '../bench/load/mosquitto.ts';
 import { startEmbeddedBroker } from '../cascade/broker.ts';
 import { MqttConnection } from '../cascade/mqtt.ts';
 import { type AnswerMessage, decodeAs, encode, Topics } from '../cascade/protocol.ts';
@@ -11,7 +12,6 @@ import { buildApp, type GatewayApp } from '../gateway/app.ts';
 import { loadGatewayConfig } from '../gateway/config.ts';
 import type { ImageDataset } from '../models/data/dataset.ts';
 import { loadBundledSample } from '../models/data/load.ts';
-import { MOSQUITTO_SKIP, type Mosquitto, startMosquitto } from './fixtures/mosquitto.ts';
 import { TRACE, tensorOffload, tensorOffloadBytes } from './fixtures/offloads.ts';
 
 let data: ImageDataset;
@@ -269,7 +269,7 @@ describe('gateway over the embedded broker (aedes, MQTT 3.1.1, plain subscriptio
 });
 
 describe('gateway over Mosquitto (shared subscription)', { skip: MOSQUITTO_SKIP }, () => {
-  let mosq: Mosquitto;
+  let mosq: MosquittoBroker;
   before(async () => {
     mosq = await startMosquitto();
   });
@@ -299,7 +299,7 @@ describe('gateway over Mosquitto (shared subscription)', { skip: MOSQUITTO_SKIP 
         }
       };
       await send(60);
-      await mosq.kill();
+      await mosq.stop(true);
       await send(30);
       await mosq.start();
       await until('gateway reconnected', () => app.consumer?.connected === true);

@@ -4,10 +4,10 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { MOSQUITTO_SKIP, type MosquittoBroker, startMosquitto } from '../bench/load/mosquitto.ts';
 import { MqttConnection } from '../cascade/mqtt.ts';
 import { decodeAs, Topics } from '../cascade/protocol.ts';
 import { loadBundledSample } from '../models/data/load.ts';
-import { MOSQUITTO_SKIP, type Mosquitto, startMosquitto } from './fixtures/mosquitto.ts';
 import { tensorOffloadBytes } from './fixtures/offloads.ts';
 
 const BIN = fileURLToPath(new URL('../cascade/bin.mjs', import.meta.url));
@@ -48,7 +48,7 @@ async function servedBy(r: Replica): Promise<number> {
 }
 
 describe('two gateway processes on one shared subscription', { skip: MOSQUITTO_SKIP }, () => {
-  let mosq: Mosquitto;
+  let mosq: MosquittoBroker;
   const replicas: Replica[] = [];
   before(async () => {
     mosq = await startMosquitto();

@@ -22,6 +22,10 @@ export function mosquittoPath(): string | undefined {
   return which.status === 0 && path !== '' ? path : undefined;
 }
 
+/** A skip reason for tests when Mosquitto is not installed, else undefined. */
+export const MOSQUITTO_SKIP: string | undefined =
+  mosquittoPath() === undefined ? 'mosquitto is not installed (apt package mosquitto)' : undefined;
+
 /** Path of a tool beside mosquitto (mosquitto_passwd), or undefined. */
 export function toolPath(name: string): string | undefined {
   const which = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });

@@ -3,7 +3,8 @@
  * at the same p99 latency budget, over MQTT.
  *
  *   npm run bench:gateway -- [--json] [--budget-ms 50] [--duration-s 3] [--trials 3]
- *                             [--max-batch 32] [--max-delay-ms 2] [--broker mqtt://…] [--qos 0|1]
+ *                             [--max-batch 32] [--max-delay-ms 2] [--resolution 0.05]
+ *                             [--broker mqtt://…] [--qos 0|1]
  *
  * Set-up: a Mosquitto broker (spawned on a free loopback port unless --broker is given), one
  * `cascade gateway` child process (one engine session, one ONNX Runtime thread) and this process
@@ -13,7 +14,12 @@
  * For each mode (batch-1: --max-batch 1 --max-delay-ms 0; batched: the given batch settings) the
  * offered rate grows by 25 % per step until a step fails (twice: one retry absorbs a single
  * scheduling stall on a shared machine); a step passes when every frame is answered, ≥ 99 % of
- * the answers are `ok` (not refused or expired) and the p99 latency is within the budget. The highest passing rate is then re-run `--trials` times; the medians are reported:
+ * the answers are `ok` (not refused or expired) and the p99 latency is within the budget. The
+ * capacity lies between the last passing and the first failing rate, 25 % apart: the search then
+ * bisects that interval (geometric midpoints, the same failure rule) until the two are within
+ * `--resolution` (5 %) of each other, the same way for both modes, so that the ratio is not
+ * quantised by the step. The highest passing rate is then re-run `--trials` times; the medians
+ * are reported:
  * {"batchedThroughput","batch1Throughput","p99Ms","budgetMs","unanswered", …} (throughput =
  * ok answers per second; p99Ms = the batched mode's; unanswered = frames without any answer in
  * all final trials). Throughput depends on how many cores are free: run it pinned
@@ -309,7 +315,9 @@ interface ModeResult {
   cpuUsPerFrame: CpuPerFrame;
   p99Ms: number;
   p50Ms: number;
+  /** The highest passing rate found, and the lowest failing one (undefined: none failed). */
   rate: number;
+  failRate: number | undefined;
   unanswered: number;
   search: Step[];
   trials: Step[];
@@ -325,6 +333,8 @@ async function measureMode(
     budgetMs: number;
     durationS: number;
     trials: number;
+    /** Bisect until the first failing rate is within this fraction of the last passing one. */
+    resolution: number;
     qos: 0 | 1;
     brokerPid: number | undefined;
     log: (s: string) => void;
@@ -335,9 +345,7 @@ async function measureMode(
     // Warm the gateway (JIT, engine first runs) before measuring.
     await gen.run(env, 500, 1, o.budgetMs, o.qos);
     const search: Step[] = [];
-    let rate = 400;
-    let best: Step | undefined;
-    for (let i = 0; i < 40; i++) {
+    const step = async (rate: number): Promise<Step> => {
       let s = await gen.run(env, rate, o.durationS, o.budgetMs, o.qos);
       // One retry: on a shared machine a single scheduling stall can sink a p99 on its own.
       if (!s.pass) {
@@ -348,16 +356,31 @@ async function measureMode(
       o.log(
         `  batch ${o.maxBatch}: offered ${rate.toFixed(0)}/s → ok ${s.okPerSec.toFixed(0)}/s, p50 ${s.p50Ms.toFixed(1)} ms, p99 ${s.p99Ms.toFixed(1)} ms, refused ${s.refused}, expired ${s.expired}, unanswered ${s.unanswered} ${s.pass ? 'pass' : 'FAIL'}`,
       );
+      return s;
+    };
+    let rate = 400;
+    let best: Step | undefined;
+    let failed: number | undefined;
+    for (let i = 0; i < 40; i++) {
+      const s = await step(rate);
       if (s.pass) {
         best = s;
         rate *= 1.25;
       } else if (best === undefined && rate > 50) {
         rate /= 2; // not even the first rate: look lower
       } else {
+        failed = rate;
         break;
       }
     }
     if (!best) throw new Error(`batch ${o.maxBatch}: not even ${rate}/s passes; the machine is too busy`);
+    // Bisect between the last pass and the first failure (geometric midpoints: the step is a ratio).
+    while (failed !== undefined && failed / best.rate > 1 + o.resolution) {
+      const mid = Math.sqrt(best.rate * failed);
+      const s = await step(mid);
+      if (s.pass) best = s;
+      else failed = mid;
+    }
     const trials: Step[] = [];
     const cpu: Record<string, number[]> = {};
     for (let t = 0; t < o.trials; t++) {
@@ -382,6 +405,7 @@ async function measureMode(
       p99Ms: median(trials.map((s) => s.p99Ms)),
       p50Ms: median(trials.map((s) => s.p50Ms)),
       rate: best.rate,
+      failRate: failed,
       unanswered: trials.reduce((a, s) => a + s.unanswered, 0),
       search,
       trials,
@@ -400,6 +424,7 @@ async function main(argv: string[]): Promise<void> {
     trials: { type: 'string' },
     'max-batch': { type: 'string' },
     'max-delay-ms': { type: 'string' },
+    resolution: { type: 'string' },
     broker: { type: 'string' },
     qos: { type: 'string' },
   });
@@ -408,6 +433,7 @@ async function main(argv: string[]): Promise<void> {
   const trials = numberOpt('--trials', v.trials, { integer: true, min: 1 }) ?? 3;
   const maxBatch = numberOpt('--max-batch', v['max-batch'], { integer: true, min: 2 }) ?? 32;
   const maxDelayMs = numberOpt('--max-delay-ms', v['max-delay-ms'], { min: 0 }) ?? 2;
+  const resolution = numberOpt('--resolution', v.resolution, { min: 0.005, max: 0.25 }) ?? 0.05;
   const qos = Number(choiceOpt('--qos', v.qos, ['0', '1'] as const) ?? '1') as 0 | 1;
   const log = (s: string): void => {
     process.stderr.write(`${s}\n`);
@@ -422,7 +448,7 @@ async function main(argv: string[]): Promise<void> {
   const gen = new Generator(broker);
   try {
     await gen.start();
-    const common = { budgetMs, durationS, trials, qos, log, brokerPid: mosq?.pid };
+    const common = { budgetMs, durationS, trials, resolution, qos, log, brokerPid: mosq?.pid };
     log(`bench:gateway over MQTT (${broker}), budget ${budgetMs} ms, load ${loadavg()[0].toFixed(2)}`);
     const one = await measureMode(broker, gen, env, { ...common, maxBatch: 1, maxDelayMs: 0 });
     const many = await measureMode(broker, gen, env, { ...common, maxBatch, maxDelayMs });
@@ -446,6 +472,12 @@ async function main(argv: string[]): Promise<void> {
       loadAvg1m: Math.round(loadavg()[0] * 100) / 100,
       cpuUsPerFrame: { batch1: one.cpuUsPerFrame, batched: many.cpuUsPerFrame },
       rates: { batch1: Math.round(one.rate), batched: Math.round(many.rate) },
+      // Where each search stopped: the highest passing and the lowest failing offered rate.
+      bounds: {
+        batch1: [Math.round(one.rate), one.failRate === undefined ? null : Math.round(one.failRate)],
+        batched: [Math.round(many.rate), many.failRate === undefined ? null : Math.round(many.failRate)],
+      },
+      resolution,
     };
     if (v.json) process.stdout.write(`${JSON.stringify(report)}\n`);
     else {

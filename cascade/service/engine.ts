@@ -10,7 +10,7 @@
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { type ModelCard, parseModelCard } from '../../models/card.ts';
+import { type InputSpec, type ModelCard, parseModelCard } from '../../models/card.ts';
 import { defaultEngineRegistry, type EngineLogger, type InferenceEngine } from '../../models/engines.ts';
 import { channelsOf, inputLength, preprocess } from '../../models/preprocess.ts';
 import { softmaxT, topK } from '../calibration.ts';
@@ -36,6 +36,8 @@ export interface ServingEngine {
   readonly tensorFloats: number;
   /** Turns n images (HWC uint8 at the card's size, gray or RGB per the card) into its input tensor. */
   preprocess(pixels: Uint8Array, n: number): Float32Array;
+  /** {@link ServingEngine.preprocess} into `out` (n × tensorFloats), e.g. a slice of a batch buffer. */
+  preprocessInto(pixels: Uint8Array, n: number, out: Float32Array): void;
   /** Runs n images, concatenated HWC uint8 at the card's size. */
   runPixels(pixels: Uint8Array, n: number): Promise<ScoredBatch>;
   /**
@@ -82,18 +84,59 @@ export type FromWorker =
 
 const WORKER_BOOT = fileURLToPath(new URL('./engine-worker-boot.mjs', import.meta.url));
 
+/**
+ * A preprocessing of gray images already at the input's size, as a table of its 256 possible
+ * results, when it is pointwise (each output value depends on its own pixel only: no resampling,
+ * crop or padding); undefined otherwise, or for colour inputs. The table is read off `reference`
+ * itself and checked against it on frames that hold every value at many positions, so a lookup
+ * gives bit for bit what the reference gives. Served images arrive at the card's size, and the
+ * general resampler costs ~10 µs per 28×28 image where the lookup costs ~2 µs.
+ * @param reference preprocesses one image (height × width bytes) into `out` (the input's floats).
+ */
+export function pointwiseTable(
+  input: InputSpec,
+  reference: (pixels: Uint8Array, out: Float32Array) => void,
+): Float32Array | undefined {
+  const px = input.height * input.width;
+  if (channelsOf(input) !== 1 || inputLength(input) !== px) return undefined;
+  const table = new Float32Array(256).fill(Number.NaN);
+  const frame = new Uint8Array(px);
+  const out = new Float32Array(px);
+  const check = (value: (i: number) => number): boolean => {
+    for (let i = 0; i < px; i++) frame[i] = value(i);
+    reference(frame, out);
+    for (let i = 0; i < px; i++) {
+      const v = frame[i];
+      if (Number.isNaN(table[v])) table[v] = out[i];
+      else if (!Object.is(table[v], out[i])) return false;
+    }
+    return true;
+  };
+  // Frames covering all 256 values, then a permuted pattern: every value at other positions.
+  for (let k = 0; k * px < 256; k++) if (!check((i) => (k * px + i) % 256)) return undefined;
+  if (!check((i) => (i * 37 + 11) % 256) || !check((i) => (255 - ((i * 101) % 256)) % 256)) return undefined;
+  return table.some(Number.isNaN) ? undefined : table;
+}
+
 abstract class BaseEngine implements ServingEngine {
   abstract readonly backend: string;
   abstract readonly thread: 'worker' | 'main';
   readonly imageBytes: number;
   readonly tensorFloats: number;
   readonly #format: 'gray' | 'rgb';
+  readonly #table: Float32Array | undefined;
 
   constructor(readonly card: ModelCard) {
     const c = channelsOf(card.input);
     this.imageBytes = card.input.height * card.input.width * c;
     this.tensorFloats = inputLength(card.input);
     this.#format = c === 1 ? 'gray' : 'rgb';
+    this.#table = pointwiseTable(card.input, (pixels, out) => this.#reference(pixels, out));
+  }
+
+  #reference(pixels: Uint8Array, out: Float32Array): void {
+    const { width, height } = this.card.input;
+    preprocess({ data: pixels, width, height, format: this.#format }, this.card.input, out);
   }
 
   preprocess(pixels: Uint8Array, n: number): Float32Array {
@@ -101,21 +144,32 @@ abstract class BaseEngine implements ServingEngine {
       throw new RangeError(
         `${this.card.name}: ${pixels.length} bytes is not ${n} image(s) of ${this.imageBytes}`,
       );
-    const { width, height } = this.card.input;
     const out = new Float32Array(n * this.tensorFloats);
-    for (let i = 0; i < n; i++) {
-      preprocess(
-        {
-          data: pixels.subarray(i * this.imageBytes, (i + 1) * this.imageBytes),
-          width,
-          height,
-          format: this.#format,
-        },
-        this.card.input,
+    this.preprocessInto(pixels, n, out);
+    return out;
+  }
+
+  /**
+   * {@link preprocess} into `out` (n × tensorFloats values, e.g. a batch buffer's slice).
+   * @throws {RangeError} when `pixels` is not n images or `out` is not n tensors.
+   */
+  preprocessInto(pixels: Uint8Array, n: number, out: Float32Array): void {
+    if (!Number.isInteger(n) || n < 0 || pixels.length !== n * this.imageBytes)
+      throw new RangeError(
+        `${this.card.name}: ${pixels.length} bytes is not ${n} image(s) of ${this.imageBytes}`,
+      );
+    if (out.length !== n * this.tensorFloats)
+      throw new RangeError(`${this.card.name}: output of ${out.length} floats is not ${n} tensor(s)`);
+    const table = this.#table;
+    if (table !== undefined) {
+      for (let i = 0; i < pixels.length; i++) out[i] = table[pixels[i]];
+      return;
+    }
+    for (let i = 0; i < n; i++)
+      this.#reference(
+        pixels.subarray(i * this.imageBytes, (i + 1) * this.imageBytes),
         out.subarray(i * this.tensorFloats, (i + 1) * this.tensorFloats),
       );
-    }
-    return out;
   }
 
   runPixels(pixels: Uint8Array, n: number): Promise<ScoredBatch> {

@@ -247,10 +247,12 @@ class Writer {
     this.#at = this.#buf.writeDoubleBE(v, this.#at);
   }
   str(s: string, field: string): void {
-    const b = Buffer.from(s, 'utf8');
-    if (b.length > 255) throw new RangeError(`${field}: ${b.length} bytes of UTF-8, at most 255`);
-    this.u8(b.length);
-    this.bytes(b);
+    // Written in place (no intermediate Buffer): answers are encoded for every frame.
+    const n = Buffer.byteLength(s, 'utf8');
+    if (n > 255) throw new RangeError(`${field}: ${n} bytes of UTF-8, at most 255`);
+    this.u8(n);
+    this.#need(n);
+    this.#at += this.#buf.write(s, this.#at, n, 'utf8');
   }
   bytes(b: Uint8Array): void {
     this.#need(b.length);
@@ -260,7 +262,8 @@ class Writer {
   hex(s: string, bytes: number, field: string): void {
     if (s.length !== bytes * 2 || !HEX.test(s))
       throw new RangeError(`${field}: expected ${bytes * 2} hex digits`);
-    this.bytes(Buffer.from(s, 'hex'));
+    this.#need(bytes);
+    this.#at += this.#buf.write(s, this.#at, bytes, 'hex');
   }
   get length(): number {
     return this.#at;
@@ -650,14 +653,26 @@ export function tensorToPixels(t: TensorInfo, payload: Uint8Array, out: Uint8Arr
   const { channels: c, height: h, width: w } = t;
   if (out.length !== c * h * w || payload.length !== c * h * w)
     throw new RangeError('tensorToPixels: size mismatch');
+  const n = h * w;
+  const nchw = t.layout === 'NCHW';
   for (let ch = 0; ch < c; ch++) {
     const a = t.scale * t.std[ch] * 255;
     const b = t.mean[ch] * 255 - t.zeroPoint * a;
-    for (let i = 0; i < h * w; i++) {
-      const src = t.layout === 'NCHW' ? ch * h * w + i : i * c + ch;
-      const v = Math.round(payload[src] * a + b);
-      out[i * c + ch] = Math.min(255, Math.max(0, v));
+    // A byte has 256 values: map each once (the same arithmetic), then look every pixel up. The
+    // table is kept for the next call: a device's frames all carry the same quantization.
+    if (!Object.is(a, pixelOfA) || !Object.is(b, pixelOfB)) {
+      for (let q = 0; q < 256; q++) PIXEL_OF[q] = Math.min(255, Math.max(0, Math.round(q * a + b)));
+      pixelOfA = a;
+      pixelOfB = b;
     }
+    if (c === 1) for (let i = 0; i < n; i++) out[i] = PIXEL_OF[payload[i]];
+    else if (nchw) for (let i = 0, src = ch * n; i < n; i++, src++) out[i * c + ch] = PIXEL_OF[payload[src]];
+    else for (let i = ch; i < n * c; i += c) out[i] = PIXEL_OF[payload[i]];
   }
   return out;
 }
+
+/** Table of {@link tensorToPixels}: payload byte → pixel value for `q * pixelOfA + pixelOfB`. */
+const PIXEL_OF = new Uint8Array(256);
+let pixelOfA = Number.NaN;
+let pixelOfB = Number.NaN;

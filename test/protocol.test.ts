@@ -106,6 +106,17 @@ describe('protocol envelope', () => {
     assert.equal(decodeAs(encode(feat), 'offload').privacy, true);
   });
 
+  it('writes strings as UTF-8 up to 255 bytes and trace ids as hex, refusing anything else', () => {
+    const a: AnswerMessage = { ...answer, modelVersion: 'v1-ü-✓-😀', reason: 'é'.repeat(127) };
+    assert.deepEqual(plain(decode(encode(a))), plain(a));
+    assert.doesNotThrow(() => encode({ ...answer, reason: 'x'.repeat(255) }));
+    assert.throws(() => encode({ ...answer, reason: 'é'.repeat(128) }), /reason: 256 bytes/);
+    assert.throws(() => encode({ ...answer, trace: { ...trace, traceId: 'AB'.repeat(16) } }), RangeError);
+    assert.throws(() => encode({ ...answer, trace: { ...trace, spanId: 'cd'.repeat(7) } }), RangeError);
+    // A failed encode leaves nothing behind: the next one is whole.
+    assert.deepEqual(plain(decode(encode(answer))), plain(answer));
+  });
+
   it('an offload header costs well under the payload it carries', () => {
     const m = offload();
     assert.ok(
@@ -218,5 +229,59 @@ describe('tensorToPixels', () => {
     const back = tensorToPixels(spec, q, new Uint8Array(16));
     for (let i = 0; i < 16; i++)
       assert.ok(Math.abs(back[i] - pixels[i]) <= 1, `${i}: ${back[i]} vs ${pixels[i]}`);
+  });
+
+  it('computes, pixel by pixel, round(q · scale · std · 255 + mean · 255 − zp · scale · std · 255)', () => {
+    /** The formula applied to every pixel, in the layout's order. */
+    const direct = (t: TensorInfo, q: Uint8Array): Uint8Array => {
+      const { channels: c, height: h, width: w } = t;
+      const out = new Uint8Array(c * h * w);
+      for (let ch = 0; ch < c; ch++) {
+        const a = t.scale * t.std[ch] * 255;
+        const b = t.mean[ch] * 255 - t.zeroPoint * a;
+        for (let i = 0; i < h * w; i++) {
+          const src = t.layout === 'NCHW' ? ch * h * w + i : i * c + ch;
+          out[i * c + ch] = Math.min(255, Math.max(0, Math.round(q[src] * a + b)));
+        }
+      }
+      return out;
+    };
+    const spec = fc
+      .record({
+        layout: fc.constantFrom<TensorInfo['layout'][]>('NCHW', 'NHWC'),
+        channels: fc.integer({ min: 1, max: 4 }),
+        height: fc.integer({ min: 1, max: 9 }),
+        width: fc.integer({ min: 1, max: 9 }),
+        scale: fc.double({ min: 1e-4, max: 0.1, noNaN: true }),
+        zeroPoint: fc.integer({ min: -128, max: 255 }),
+        ms: fc.array(
+          fc.tuple(fc.double({ min: -1, max: 1, noNaN: true }), fc.double({ min: 0.05, max: 2 })),
+          {
+            minLength: 4,
+            maxLength: 4,
+          },
+        ),
+      })
+      .map(
+        ({ ms, ...t }): TensorInfo => ({
+          ...t,
+          mean: ms.slice(0, t.channels).map((x) => x[0]),
+          std: ms.slice(0, t.channels).map((x) => x[1]),
+        }),
+      );
+    // Consecutive calls with the same and with other quantizations (the lookup table is kept).
+    fc.assert(
+      fc.property(fc.array(spec, { minLength: 1, maxLength: 3 }), fc.integer(), (specs, seed) => {
+        // Another mean alone changes the offset only; another std or scale, the slope only.
+        const shifted = specs.map((t) => ({ ...t, mean: t.mean.map((m) => m + 0.1) }));
+        const scaled = specs.map((t) => ({ ...t, scale: t.scale * 2, zeroPoint: t.zeroPoint >> 1 }));
+        for (const t of [...specs, ...shifted, ...specs, ...scaled, ...specs]) {
+          const n = t.channels * t.height * t.width;
+          const q = Uint8Array.from({ length: n }, (_, i) => (seed + i * 31) & 255);
+          assert.deepEqual(tensorToPixels(t, q, new Uint8Array(n)), direct(t, q));
+        }
+      }),
+      { numRuns: 300 },
+    );
   });
 });

@@ -27,9 +27,13 @@ const defaultRandom: RandomBytes = (n) => {
   return out;
 };
 
+function hex(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+}
+
 /** A child of `parent`: same trace id and flags, a new span id. */
 export function childTrace(parent: TraceContext, random: RandomBytes = defaultRandom): TraceContext {
-  return { traceId: parent.traceId, spanId: newTrace(random).spanId, flags: parent.flags };
+  return { traceId: parent.traceId, spanId: hex(random(8)), flags: parent.flags };
 }
 
 /** A new root trace (sampled). */
@@ -37,9 +41,24 @@ export function rootTrace(random: RandomBytes = defaultRandom): TraceContext {
   return newTrace(random);
 }
 
-/** True for a trace context with a valid, non-zero trace and span id. */
+const TRACE_ID = /^[0-9a-f]{32}$/;
+const SPAN_ID = /^[0-9a-f]{16}$/;
+const ZEROS = /^0+$/;
+
+/**
+ * True for a trace context with a valid, non-zero trace and span id: what
+ * `parseTraceparent(traceparent(t))` accepts, without building the header (every frame asks).
+ */
 export function isValidTrace(t: TraceContext): boolean {
-  return parseTraceparent(traceparent(t)) !== undefined;
+  return (
+    Number.isInteger(t.flags) &&
+    t.flags >= 0 &&
+    t.flags <= 0xff &&
+    TRACE_ID.test(t.traceId) &&
+    SPAN_ID.test(t.spanId) &&
+    !ZEROS.test(t.traceId) &&
+    !ZEROS.test(t.spanId)
+  );
 }
 
 /**

@@ -87,6 +87,10 @@ export class MqttConnection extends EventEmitter<ConnectionEvents> {
       connectTimeout: opts.connectTimeoutMs ?? 5000,
       // Our own backoff below replaces mqtt.js's fixed-period retry.
       reconnectPeriod: 0,
+      // By default mqtt.js re-arms its keepalive timer on every acknowledgement it receives (a
+      // clearInterval + setInterval per QoS 1 message, thousands per second at a gateway); a
+      // PINGREQ every keepalive period on a busy connection is far cheaper.
+      reschedulePings: false,
       resubscribe: true,
       will: opts.will,
     });

@@ -67,9 +67,20 @@ export interface FrameServerOptions {
   random?: (n: number) => Uint8Array;
 }
 
+/** The k most probable classes, most probable first (ties: lower label first). */
 function topOf(probs: Float32Array, k: number): Ranked[] {
-  const idx = Array.from(probs.keys()).sort((a, b) => probs[b] - probs[a] || a - b);
-  return idx.slice(0, k).map((label) => ({ label, prob: Math.min(1, Math.max(0, probs[label])) }));
+  // Insertion into a short sorted list: k is small, and this runs for every frame.
+  const top: number[] = [];
+  const n = Math.min(k, probs.length);
+  for (let label = 0; label < probs.length; label++) {
+    const p = probs[label];
+    let at = top.length;
+    while (at > 0 && probs[top[at - 1]] < p) at--;
+    if (at >= n) continue;
+    if (top.length === n) top.pop();
+    top.splice(at, 0, label);
+  }
+  return top.map((label) => ({ label, prob: Math.min(1, Math.max(0, probs[label])) }));
 }
 
 export class FrameServer {
@@ -77,7 +88,8 @@ export class FrameServer {
   readonly #policy: PolicyEngine;
   readonly #cloud: CloudClient | undefined;
   readonly #m: GatewayMetrics;
-  readonly #batcher: DeadlineBatcher<Float32Array, Float32Array>;
+  /** Inputs are images (preprocessed straight into the batch buffer at dispatch) or tensors. */
+  readonly #batcher: DeadlineBatcher<Uint8Array | Float32Array, Float32Array>;
   readonly #sched: Scheduler;
   readonly #opts: FrameServerOptions;
 
@@ -90,7 +102,7 @@ export class FrameServer {
     this.#sched = opts.scheduler ?? realScheduler;
     const engine = opts.engine;
     const per = engine.tensorFloats;
-    this.#batcher = new DeadlineBatcher<Float32Array, Float32Array>({
+    this.#batcher = new DeadlineBatcher<Uint8Array | Float32Array, Float32Array>({
       maxBatch: opts.maxBatch,
       maxDelayMs: opts.maxDelayMs,
       maxQueue: opts.maxQueue,
@@ -99,7 +111,11 @@ export class FrameServer {
       scheduler: this.#sched,
       run: async (inputs) => {
         const batch = new Float32Array(inputs.length * per);
-        for (let i = 0; i < inputs.length; i++) batch.set(inputs[i], i * per);
+        for (let i = 0; i < inputs.length; i++) {
+          const x = inputs[i];
+          if (x instanceof Float32Array) batch.set(x, i * per);
+          else engine.preprocessInto(x, 1, batch.subarray(i * per, (i + 1) * per));
+        }
         const scored: ScoredBatch = await engine.runTensor(batch, inputs.length);
         return inputs.map((_, i) => rowOf(scored, i));
       },
@@ -110,7 +126,7 @@ export class FrameServer {
   }
 
   /** The batcher (for warm-up measurements and draining). */
-  get batcher(): DeadlineBatcher<Float32Array, Float32Array> {
+  get batcher(): DeadlineBatcher<Uint8Array | Float32Array, Float32Array> {
     return this.#batcher;
   }
 
@@ -162,9 +178,11 @@ export class FrameServer {
         reason: 'overloaded',
       });
     }
-    let tensor: Float32Array;
+    // Pixels are preprocessed into the batch buffer at dispatch; only their size can be wrong.
+    const input = req.tensor ?? req.pixels ?? new Uint8Array(0);
     try {
-      tensor = req.tensor ?? this.#engine.preprocess(req.pixels ?? new Uint8Array(0), 1);
+      if (!(input instanceof Float32Array) && input.length !== this.#engine.imageBytes)
+        this.#engine.preprocess(input, 1); // throws the engine's own RangeError
     } catch (err) {
       return this.#finish(req, arrived, {
         ...base,
@@ -175,7 +193,7 @@ export class FrameServer {
         reason: `bad-input:${(err as Error).message.slice(0, 60)}`,
       });
     }
-    const outcome = await this.#batcher.submit(tensor, deadline - this.#sched.now());
+    const outcome = await this.#batcher.submit(input, deadline - this.#sched.now());
     switch (outcome.status) {
       case 'overloaded':
         return this.#finish(req, arrived, {

@@ -33,6 +33,27 @@ import { offloadPixels, PayloadError } from './payload.ts';
 
 /** Longest wait for the broker's PUBACK of an answer (or the frame's budget, if longer). */
 const PUBACK_TIMEOUT_MS = 2000;
+/**
+ * PUBACKs of offloads may wait this long in the corked socket for company (the answers of the
+ * next batch, or more PUBACKs), so that at thousands of frames per second one write carries
+ * many of them instead of one syscall each. It delays nothing a device waits for: the device
+ * waits for its answer, and answers leave at the end of the event-loop turn that made them.
+ */
+const ACK_FLUSH_MS = 1;
+/**
+ * …and at most this many PUBACKs wait: well under any broker's in-flight window for QoS 1
+ * (Mosquitto's `max_inflight_messages` is 20 by default), so the broker never holds back
+ * offloads for want of our acknowledgements.
+ */
+const ACK_FLUSH_COUNT = 8;
+
+/** An answer published with QoS 1 whose PUBACK has not come yet. */
+interface AwaitingAck {
+  /** Give up (count it failed) at this time, ms (`performance.now()`). */
+  until: number;
+  limitMs: number;
+  settle: (err: Error | undefined) => void;
+}
 
 /** Options of {@link OffloadConsumer}. */
 export interface OffloadConsumerOptions {
@@ -58,7 +79,17 @@ export class OffloadConsumer {
   readonly #sched: Scheduler;
   #accepting = true;
   #closed = false;
-  #corked = false;
+  /** The socket corked by {@link #cork}, until {@link #flush}. */
+  #corked: Partial<Socket> | undefined;
+  /** Offloads taken (PUBACKs written) since the socket was corked. */
+  #acks = 0;
+  #flushTimer: NodeJS.Timeout | undefined;
+  #flushSoon = false;
+  readonly #flushNow = (): void => this.#flush();
+  /** Answers waiting for a PUBACK, by sequence number, and the one timer that bounds the wait. */
+  readonly #awaiting = new Map<number, AwaitingAck>();
+  #awaitSeq = 0;
+  #ackTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: OffloadConsumerOptions) {
     this.#opts = opts;
@@ -139,6 +170,7 @@ export class OffloadConsumer {
     if (this.#closed) return;
     this.#closed = true;
     this.#accepting = false;
+    this.#flush();
     let timer: NodeJS.Timeout | undefined;
     const clean = this.#conn.close().then(() => true);
     const late = new Promise<boolean>((resolve) => {
@@ -150,21 +182,38 @@ export class OffloadConsumer {
   }
 
   /**
-   * Corks the broker socket until the end of this event-loop turn, so the PUBACKs and answers
-   * of every frame handled in the turn (a whole batch of answers, a burst of offloads) leave in
-   * one write instead of one syscall each: at thousands of frames per second the writes were
-   * the gateway's largest cost.
+   * Corks the broker socket, so that the PUBACKs and answers of many frames leave in one write
+   * instead of one syscall each: at thousands of frames per second the writes were the
+   * gateway's largest cost. `answer`: flush at the end of this event-loop turn (a whole batch of
+   * answers goes in one write, nothing waits longer); `ack`: a PUBACK may wait up to
+   * {@link ACK_FLUSH_MS} or until {@link ACK_FLUSH_COUNT} of them are waiting.
    */
-  #cork(): void {
-    if (this.#corked) return;
-    const stream = this.#conn.client.stream as Partial<Socket> | undefined;
-    if (!stream || typeof stream.cork !== 'function' || typeof stream.uncork !== 'function') return;
-    this.#corked = true;
-    stream.cork();
-    setImmediate(() => {
-      this.#corked = false;
-      stream.uncork?.();
-    });
+  #cork(why: 'ack' | 'answer'): void {
+    if (this.#corked === undefined) {
+      const stream = this.#conn.client.stream as Partial<Socket> | undefined;
+      if (!stream || typeof stream.cork !== 'function' || typeof stream.uncork !== 'function') return;
+      this.#corked = stream;
+      stream.cork();
+    }
+    if (why === 'ack' && ++this.#acks < ACK_FLUSH_COUNT) {
+      this.#flushTimer ??= setTimeout(this.#flushNow, ACK_FLUSH_MS);
+      return;
+    }
+    if (!this.#flushSoon) {
+      this.#flushSoon = true;
+      setImmediate(this.#flushNow);
+    }
+  }
+
+  #flush(): void {
+    const stream = this.#corked;
+    this.#corked = undefined;
+    this.#acks = 0;
+    this.#flushSoon = false;
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    // uncork() on a socket that was uncorked meanwhile (a reconnect) is a no-op.
+    stream?.uncork?.();
   }
 
   #reject(reason: string, detail: string): void {
@@ -172,9 +221,10 @@ export class OffloadConsumer {
     this.#opts.logger.debug({ reason, detail }, 'offload rejected');
   }
 
-  #onMessage(topic: string, payload: Buffer, _packet: IPublishPacket): void {
+  #onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
     const m = this.#opts.metrics;
-    this.#cork();
+    // QoS 1: mqtt.js writes this message's PUBACK when the handler returns.
+    if (packet.qos > 0) this.#cork('ack');
     m.received.inc({ transport: 'mqtt' }, payload.length);
     const arrived = this.#sched.now();
     if (!this.#accepting) return;
@@ -236,7 +286,8 @@ export class OffloadConsumer {
     await this.#answer(msg, result, trace, arrived);
   }
 
-  async #answer(
+  /** Publishes the answer; resolves when the broker took it or it failed (counted either way). */
+  #answer(
     msg: OffloadMessage,
     r: FrameResult,
     trace: OffloadMessage['trace'],
@@ -261,26 +312,60 @@ export class OffloadConsumer {
     const left = msg.budgetLeftMs - (this.#sched.now() - arrived);
     const properties =
       this.#opts.protocol === 5 ? { messageExpiryInterval: messageExpirySeconds(left) } : undefined;
+    const failed = (err: Error): void => {
+      this.#opts.metrics.publishFailures.inc();
+      this.#opts.logger.warn({ err: err.message, deviceId: msg.deviceId }, 'answer not published');
+    };
     // An answer for a broker that is down is stale by the time it is back: count it failed
     // rather than queue it, and bound the wait for a PUBACK lost with a dropped connection.
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      if (!this.#conn.connected) throw new Error('not connected to the broker');
-      this.#cork();
-      const limit = Math.max(PUBACK_TIMEOUT_MS, left);
-      await Promise.race([
-        this.#conn.client.publishAsync(Topics.answer(msg.deviceId), bytes, { qos: 1, properties }),
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no PUBACK within ${limit} ms`)), limit);
-        }),
-      ]);
-      this.#opts.metrics.published.inc();
-      this.#opts.metrics.sent.inc({ transport: 'mqtt', peer: 'device' }, bytes.length);
-    } catch (err) {
-      this.#opts.metrics.publishFailures.inc();
-      this.#opts.logger.warn({ err: (err as Error).message, deviceId: msg.deviceId }, 'answer not published');
-    } finally {
-      clearTimeout(timer);
+    if (!this.#conn.connected) {
+      failed(new Error('not connected to the broker'));
+      return Promise.resolve();
     }
+    this.#cork('answer');
+    const limit = Math.max(PUBACK_TIMEOUT_MS, left);
+    return new Promise<void>((resolve) => {
+      const seq = this.#awaitSeq++;
+      const settle = (err: Error | undefined): void => {
+        // Once: a PUBACK after the timeout (or a timeout after the PUBACK) changes nothing.
+        if (!this.#awaiting.delete(seq)) return;
+        if (this.#awaiting.size === 0) {
+          clearTimeout(this.#ackTimer);
+          this.#ackTimer = undefined;
+        }
+        if (err === undefined) {
+          this.#opts.metrics.published.inc();
+          this.#opts.metrics.sent.inc({ transport: 'mqtt', peer: 'device' }, bytes.length);
+        } else failed(err);
+        resolve();
+      };
+      this.#awaiting.set(seq, { until: performance.now() + limit, limitMs: limit, settle });
+      this.#armAckTimer(limit);
+      try {
+        this.#conn.client.publish(Topics.answer(msg.deviceId), bytes, { qos: 1, properties }, (err) =>
+          settle(err ?? undefined),
+        );
+      } catch (err) {
+        settle(err instanceof Error ? err : new Error(String(err)));
+      }
+    });
+  }
+
+  /**
+   * One timer for every answer awaiting its PUBACK (not one per answer): armed for the earliest
+   * give-up time; on firing it fails what is overdue and re-arms for the rest.
+   */
+  #armAckTimer(ms: number): void {
+    if (this.#ackTimer !== undefined) return;
+    this.#ackTimer = setTimeout(() => {
+      this.#ackTimer = undefined;
+      const now = performance.now();
+      let next = Number.POSITIVE_INFINITY;
+      for (const a of this.#awaiting.values()) {
+        if (a.until <= now) a.settle(new Error(`no PUBACK within ${a.limitMs} ms`));
+        else next = Math.min(next, a.until);
+      }
+      if (Number.isFinite(next)) this.#armAckTimer(next - now);
+    }, ms);
   }
 }

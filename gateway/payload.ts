@@ -66,7 +66,8 @@ export async function offloadPixels(m: OffloadMessage, card: ModelCard): Promise
       if (t === undefined) throw new PayloadError('bad-payload', 'tensor payload without tensor info');
       if (t.channels !== 1 && t.channels !== 3)
         throw new PayloadError('bad-payload', `tensor with ${t.channels} channels`);
-      const pixels = tensorToPixels(t, m.payload, new Uint8Array(t.channels * t.height * t.width));
+      // From Buffer's shared pool (no allocation of its own below 4 KiB): one per frame.
+      const pixels = tensorToPixels(t, m.payload, Buffer.allocUnsafe(t.channels * t.height * t.width));
       return fit(pixels, t.width, t.height, t.channels, card);
     }
     case 'jpeg': {

@@ -285,6 +285,30 @@ describe('gateway over Mosquitto (shared subscription)', { skip: MOSQUITTO_SKIP 
     await roundTrip(mosq.url, 5, true);
   });
 
+  it('answers a burst far beyond the broker’s in-flight window (its PUBACKs are grouped, not withheld)', async () => {
+    // Mosquitto's default max_inflight_messages is 20: offloads beyond the window wait for the
+    // gateway's PUBACKs, so a gateway that held them back would stall here.
+    const app = await gateway(mosq.url, { shared: true });
+    const dev = await device(mosq.url, 'cam-b');
+    try {
+      const n = 400;
+      await Promise.all(
+        Array.from({ length: n }, (_, i) =>
+          dev.publish(tensorOffloadBytes('cam-b', i, image(i % 100), 10_000)),
+        ),
+      );
+      await dev.waitFor(n);
+      assert.equal(dev.duplicates, 0);
+      for (let i = 0; i < n; i++) assert.equal(dev.answers.get(i)?.status, 'ok', `frame ${i}`);
+      await app.consumer?.drain();
+      assert.equal(await metricValue(app.metrics.registry, 'cascade_gateway_published_total'), n);
+      assert.equal(await metricValue(app.metrics.registry, 'cascade_gateway_publish_failures_total'), 0);
+    } finally {
+      await dev.conn.close(true);
+      await app.close();
+    }
+  });
+
   it('survives a broker restart mid-stream and accounts for every frame it took', async () => {
     const app = await gateway(mosq.url, { shared: true });
     const dev = await device(mosq.url, 'cam-r');

@@ -46,7 +46,52 @@ export interface PreprocessBinding {
     ints: Int32Array,
     floats: Float64Array,
   ): Promise<void>;
+  /**
+   * A persistent preprocessing thread with a synchronous hand-off (native/src/preprocess-thread.h).
+   * Absent from binaries built before it existed: callers fall back to {@link preprocess}.
+   * @param spinNs how long `wait()` spins before it blocks (0–1e9).
+   * @param idleSpinNs how long the thread spins for the next job before it sleeps (0–1e9).
+   * @param stats where `wait()` reports (see {@link PreprocessThreadHandle.wait}); ≥ 4 elements.
+   * @throws {RangeError|TypeError} code NATIVE_ERR_INVALID_ARG for spins outside 0–1e9 or bad stats.
+   */
+  readonly PreprocessThread?: new (
+    spinNs: number,
+    idleSpinNs: number,
+    stats: Float64Array,
+  ) => PreprocessThreadHandle;
   readonly info: { napiVersion: number; sanitizers: string; intParams: number; floatParams: number };
+}
+
+/** One persistent preprocessing thread; one job at a time, driven by one JS thread. */
+export interface PreprocessThreadHandle {
+  /**
+   * [sync] Validates like `preprocessSync` and hands the job to the thread; returns at once. The
+   * buffers must not be transferred or resized until `wait()` returns.
+   * @throws {TypeError|RangeError} code NATIVE_ERR_INVALID_ARG for a bad job (nothing started).
+   * @throws {Error} while a job runs, or after `close()`.
+   */
+  start(
+    src: Uint8Array,
+    out: Float32Array | Uint8Array | Int8Array,
+    xIdx: Int32Array,
+    xW: Int32Array,
+    yIdx: Int32Array,
+    yW: Int32Array,
+    ints: Int32Array,
+    floats: Float64Array,
+  ): void;
+  /**
+   * [sync] Blocks the calling thread until the job is done (spinning first), then writes the
+   * constructor's stats array (no return value: a returned double would be a heap allocation per
+   * frame): [0] ms from `start()` to the thread finishing the job, [1] the kernel's own ms, [2]
+   * waits that found the job done while spinning, [3] waits that had to block.
+   * @throws {Error} when no job was started, or the kernel failed (the job is over either way).
+   */
+  wait(): void;
+  /** [sync] Waits for a running job, then stops and joins the thread. Idempotent. */
+  close(): void;
+  /** True between `start()` and `wait()`. */
+  readonly busy: boolean;
 }
 
 /** Outcome of loading one addon: the binding, where it came from, or why not. */

@@ -5,7 +5,12 @@ import fc from 'fast-check';
 import type { InputSpec } from '../models/card.ts';
 import { type Frame, inputLength, type PixelFormat, preprocess } from '../models/preprocess.ts';
 import { loadPreprocessBinding, preprocessBinding } from '../native/binding.ts';
-import { preprocessAsync, preprocessNative, preprocessNativeSync } from '../native/preprocess.ts';
+import {
+  NativePreprocessThread,
+  preprocessAsync,
+  preprocessNative,
+  preprocessNativeSync,
+} from '../native/preprocess.ts';
 
 const loaded = loadPreprocessBinding();
 // A binary named explicitly (npm run test:native-asan) must load: never skip it silently.
@@ -251,5 +256,225 @@ describe('native preprocessing kernel', { skip }, () => {
       },
     );
     assert.throws(() => (b.preprocessSync as (...a: unknown[]) => void)('nope', out), { name: 'TypeError' });
+  });
+});
+
+describe('native preprocessing thread (start/wait hand-off)', { skip }, () => {
+  const spec: InputSpec = {
+    name: 'x',
+    layout: 'NCHW',
+    height: 6,
+    width: 5,
+    colour: 'gray',
+    mean: [0.2],
+    std: [0.5],
+  };
+  const gray = (w: number, h: number, seed: number): Frame => ({
+    data: new Uint8Array(w * h).map((_, i) => ((i + seed) * 2654435761) >>> 24),
+    width: w,
+    height: h,
+    format: 'gray',
+  });
+
+  it('matches the reference bit for bit on random frames, alternating two outputs, spinning or not', async () => {
+    // Spins 0: every hand-off goes through the sleep/wake-up path; 1000: through the spin path.
+    for (const spins of [0, 1000]) {
+      const thread = new NativePreprocessThread({ spinUs: spins, idleSpinUs: spins });
+      try {
+        let k = 0;
+        await fc.assert(
+          fc.property(caseArb, ({ frame, spec: s, mk, opts }) => {
+            const ref = mk();
+            preprocess(frame, s, ref, opts);
+            const a = mk();
+            const b = mk();
+            // The same tables twice (cached check), then the next case's (re-checked).
+            for (const out of [a, b]) {
+              thread.start(frame, s, out, opts);
+              assert.equal(thread.busy, true);
+              const ms = thread.wait();
+              assert.ok(ms >= 0 && ms < 10_000, `start → done ${ms} ms`);
+              assert.ok(thread.lastRunMs >= 0 && thread.lastRunMs <= ms);
+              k++;
+            }
+            assert.equal(thread.busy, false);
+            assert.deepEqual(a, ref);
+            assert.deepEqual(b, ref);
+          }),
+          { numRuns: 150 },
+        );
+        const { spinHits, blocks } = thread.counters;
+        assert.equal(spinHits + blocks, k, 'every wait() counted once');
+        if (spins === 0) assert.ok(blocks > 0, 'without a spin, waits block');
+      } finally {
+        thread.close();
+      }
+    }
+  });
+
+  it('runs 640×480 camera frames into the device card input exactly as the reference', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const dev = JSON.parse(await readFile('models/device/card.json', 'utf8')).input as InputSpec;
+    const thread = new NativePreprocessThread();
+    try {
+      for (let i = 0; i < 4; i++) {
+        const data = new Uint8Array(640 * 480 * 3).map((_, j) => ((j + i * 7919) * 2654435761) >>> 24);
+        const frame: Frame = { data, width: 640, height: 480, format: i % 2 ? 'nv12' : 'rgb' };
+        const ref = new Float32Array(inputLength(dev));
+        preprocess(frame, dev, ref);
+        const out = new Float32Array(inputLength(dev));
+        thread.start(frame, dev, out);
+        thread.wait();
+        assert.deepEqual(out, ref);
+      }
+    } finally {
+      thread.close();
+    }
+  });
+
+  it('survives thousands of tiny jobs, spinning, blocking and mixed, with nothing lost', () => {
+    const frame = gray(7, 9, 1);
+    const ref = new Float32Array(inputLength(spec));
+    preprocess(frame, spec, ref);
+    for (const [spinUs, idleSpinUs] of [
+      [0, 0],
+      [1000, 0],
+      [0, 1000],
+      [20, 20],
+    ]) {
+      const thread = new NativePreprocessThread({ spinUs, idleSpinUs });
+      const out = new Float32Array(inputLength(spec));
+      for (let i = 0; i < 3000; i++) {
+        out.fill(Number.NaN);
+        thread.start(frame, spec, out);
+        // Sometimes the caller comes late: the thread has finished and gone idle (or to sleep).
+        if (i % 500 === 0) {
+          const end = performance.now() + 2;
+          while (performance.now() < end);
+        }
+        thread.wait();
+        if (i % 97 === 0) assert.deepEqual(out, ref, `job ${i} (${spinUs}/${idleSpinUs})`);
+      }
+      assert.deepEqual(out, ref);
+      thread.close();
+    }
+  });
+
+  it('refuses misuse with clear errors and stays usable', () => {
+    const thread = new NativePreprocessThread({ spinUs: 50, idleSpinUs: 50 });
+    const frame = gray(8, 8, 2);
+    const out = new Float32Array(inputLength(spec));
+    assert.throws(() => thread.wait(), /wait\(\) without a started job/);
+    // A frame the plan refuses: nothing starts.
+    assert.throws(() => thread.start({ ...frame, data: new Uint8Array(10) }, spec, out), RangeError);
+    assert.equal(thread.busy, false);
+    assert.throws(() => thread.start(frame, spec, new Float32Array(3)), {
+      name: 'RangeError',
+      message: /out length/,
+    });
+    thread.start(frame, spec, out);
+    assert.throws(() => thread.start(frame, spec, out), /while a job runs/);
+    thread.wait();
+    const ref = new Float32Array(inputLength(spec));
+    preprocess(frame, spec, ref);
+    assert.deepEqual(out, ref);
+    // close() waits for a job in flight (its output is complete), and is idempotent.
+    out.fill(0);
+    thread.start(frame, spec, out);
+    thread.close();
+    assert.deepEqual(out, ref);
+    thread.close();
+    assert.throws(() => thread.start(frame, spec, out), /after close\(\)/);
+    assert.throws(() => thread.wait(), /without a started job/);
+    assert.throws(() => new NativePreprocessThread({ spinUs: -1 }), RangeError);
+    assert.throws(() => new NativePreprocessThread({ idleSpinUs: Number.NaN }), RangeError);
+  });
+
+  it('checks raw jobs like preprocessSync, copies the tables, and re-checks tables changed in place', () => {
+    const Ctor = preprocessBinding().PreprocessThread;
+    assert.ok(Ctor, 'the built addon has PreprocessThread');
+    const stats = new Float64Array(4);
+    const h = new Ctor(0, 0, stats);
+    try {
+      const src = new Uint8Array(16);
+      src.set([0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150]);
+      const out = new Float32Array(4);
+      const ints = Int32Array.of(0, 4, 4, 4, 0, 2, 2, 1, 1, 0, 0, 2, 2, 2, 2, 1, 0, 1, 2, 0, 0, 255);
+      const floats = Float64Array.of(1 / 255 / 2 ** 22, 0, 0, 0, 0, 0, 19595, 38470, 7471, 0, 1);
+      const xIdx = Int32Array.of(0, 1, 2, 3);
+      const w = Int32Array.of(1024, 1024, 1024, 1024);
+      const yIdx = Int32Array.of(0, 1, 2, 3);
+      const want = [25, 45, 105, 125].map((p) => Math.fround(p * 2 ** 22 * floats[0]));
+      h.start(src, out, xIdx, w, yIdx, w, ints, floats);
+      // The thread reads its own copy: changing the tables now cannot reach it.
+      xIdx[3] = 1 << 30;
+      h.wait();
+      assert.deepEqual([...out], want);
+      assert.ok(stats[0] >= stats[1] && stats[1] >= 0, `stats ${[...stats]}`);
+      assert.equal(stats[2] + stats[3], 1);
+      // The same array, changed in place, is checked again before it is used.
+      const isArgError = (message: RegExp) => (err: unknown) =>
+        err instanceof RangeError &&
+        (err as { code?: string }).code === 'NATIVE_ERR_INVALID_ARG' &&
+        message.test(err.message);
+      assert.throws(() => h.start(src, out, xIdx, w, yIdx, w, ints, floats), isArgError(/x taps outside/));
+      assert.equal(h.busy, false);
+      xIdx[3] = 3;
+      // The same tables for a narrower frame: index 3 is now outside it.
+      const narrow = ints.slice();
+      narrow[1] = 3;
+      narrow[3] = 3;
+      assert.throws(
+        () => h.start(new Uint8Array(12), out, xIdx, w, yIdx, w, narrow, floats),
+        isArgError(/x taps outside/),
+      );
+      assert.throws(
+        () => h.start(new Uint8Array(15), out, xIdx, w, yIdx, w, ints, floats),
+        isArgError(/too short/),
+      );
+      h.start(src, out, xIdx, w, yIdx, w, ints, floats);
+      h.wait();
+      assert.deepEqual([...out], want);
+      assert.throws(() => new Ctor(0, 0, new Float64Array(3)), { name: 'TypeError' });
+      assert.throws(() => new Ctor(-1, 0, new Float64Array(4)), { name: 'RangeError' });
+    } finally {
+      h.close();
+    }
+  });
+
+  it('joins the threads of handles closed or dropped unclosed (no thread left running)', {
+    skip: process.platform === 'linux' ? false : 'counts threads through /proc/self/task',
+  }, async () => {
+    const { spawnSync } = await import('node:child_process');
+    // A child with --expose-gc: drop 8 unclosed handles (one with a job in flight), collect
+    // them, and count the process's threads before and after.
+    const script = `
+      const { readdirSync } = require('node:fs');
+      const b = require(${JSON.stringify(loaded.path)});
+      const tasks = () => readdirSync('/proc/self/task').length;
+      const settle = () => new Promise((r) => setTimeout(r, 50));
+      (async () => {
+        await settle();
+        const before = tasks();
+        let hs = Array.from({ length: 8 }, () => new b.PreprocessThread(0, 0, new Float64Array(4)));
+        const during = tasks();
+        const src = new Uint8Array(16), out = new Float32Array(4), t = Int32Array.of(0, 1, 2, 3), w = Int32Array.of(1024, 1024, 1024, 1024);
+        const ints = Int32Array.of(0, 4, 4, 4, 0, 2, 2, 1, 1, 0, 0, 2, 2, 2, 2, 1, 0, 1, 2, 0, 0, 255);
+        const floats = Float64Array.of(1e-9, 0, 0, 0, 0, 0, 19595, 38470, 7471, 0, 1);
+        hs[0].start(src, out, t, w, t, w, ints, floats);
+        const closed = Array.from({ length: 4 }, () => new b.PreprocessThread(0, 0, new Float64Array(4)));
+        for (const h of closed) h.close();
+        hs = null;
+        for (let i = 0; i < 5; i++) { globalThis.gc(); await settle(); }
+        console.log(JSON.stringify({ before, during, after: tasks() }));
+      })();`;
+    const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], {
+      encoding: 'utf8',
+      env: process.env,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const { before, during, after } = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}');
+    assert.equal(during, before + 8);
+    assert.equal(after, before, `threads before ${before}, after ${after}`);
   });
 });

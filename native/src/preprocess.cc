@@ -87,7 +87,7 @@ class Writer {
 
 }  // namespace
 
-std::string Validate(const Job& j) {
+std::string ValidateShape(const Job& j) {
   const int32_t* p = j.i;
   const int32_t fmt = p[kIFormat], w = p[kIWidth], h = p[kIHeight], stride = p[kIStride];
   if (fmt < kGray || fmt > kNv12) return "TypeError: unknown pixel format code " + std::to_string(fmt);
@@ -114,20 +114,6 @@ std::string Validate(const Job& j) {
       static_cast<int64_t>(j.yLen) != static_cast<int64_t>(bh) * ky) {
     return "RangeError: resampling tables do not match the content box";
   }
-  // Weights in [0, kAxisOne] summing to at most kAxisOne keep every int32 sum below 2^31.
-  auto axis = [](const int32_t* idx, const int32_t* wt, size_t n, int32_t k, int32_t limit) {
-    for (size_t o = 0; o < n; o += k) {
-      int64_t sum = 0;
-      for (int32_t t = 0; t < k; ++t) {
-        if (idx[o + t] < 0 || idx[o + t] >= limit || wt[o + t] < 0 || wt[o + t] > kAxisOne) return false;
-        sum += wt[o + t];
-      }
-      if (sum > kAxisOne) return false;
-    }
-    return true;
-  };
-  if (!axis(j.xIdx, j.xW, j.xLen, kx, w)) return "RangeError: x taps outside the frame or bad weights";
-  if (!axis(j.yIdx, j.yW, j.yLen, ky, h)) return "RangeError: y taps outside the frame or bad weights";
   const int32_t srcC = (fmt == kGray || (fmt == kNv12 && outC == 1)) ? 1 : 3;
   if (p[kISrcC] != srcC) return "RangeError: resampled channels do not match the format";
   for (int k = 0; k < 3; ++k) {
@@ -149,7 +135,36 @@ std::string Validate(const Job& j) {
   return {};
 }
 
+std::string ValidateTaps(const Job& j) {
+  const int32_t w = j.i[kIWidth], h = j.i[kIHeight], kx = j.i[kIKx], ky = j.i[kIKy];
+  // Weights in [0, kAxisOne] summing to at most kAxisOne keep every int32 sum below 2^31.
+  auto axis = [](const int32_t* idx, const int32_t* wt, size_t n, int32_t k, int32_t limit) {
+    for (size_t o = 0; o < n; o += k) {
+      int64_t sum = 0;
+      for (int32_t t = 0; t < k; ++t) {
+        if (idx[o + t] < 0 || idx[o + t] >= limit || wt[o + t] < 0 || wt[o + t] > kAxisOne) return false;
+        sum += wt[o + t];
+      }
+      if (sum > kAxisOne) return false;
+    }
+    return true;
+  };
+  if (!axis(j.xIdx, j.xW, j.xLen, kx, w)) return "RangeError: x taps outside the frame or bad weights";
+  if (!axis(j.yIdx, j.yW, j.yLen, ky, h)) return "RangeError: y taps outside the frame or bad weights";
+  return {};
+}
+
+std::string Validate(const Job& j) {
+  std::string problem = ValidateShape(j);
+  return problem.empty() ? ValidateTaps(j) : problem;
+}
+
 void Run(const Job& j) {
+  std::vector<int32_t> scratch;
+  Run(j, scratch);
+}
+
+void Run(const Job& j, std::vector<int32_t>& acc) {
   const int32_t* p = j.i;
   const int32_t fmt = p[kIFormat], height = p[kIHeight], stride = p[kIStride];
   const int32_t outW = p[kIOutW], outH = p[kIOutH], outC = p[kIOutC];
@@ -182,7 +197,7 @@ void Run(const Job& j) {
     x1 = std::max(x1, xIdx[t]);
   }
   const size_t span = static_cast<size_t>(x1 - x0 + 1);
-  std::vector<int32_t> acc(span * srcC);
+  acc.resize(span * srcC);
   const int64_t l0 = static_cast<int64_t>(j.f[kFLuma]), l1 = static_cast<int64_t>(j.f[kFLuma + 1]),
                 l2 = static_cast<int64_t>(j.f[kFLuma + 2]);
   const int32_t perm[3] = {p[kIPerm0], p[kIPerm1], p[kIPerm2]};

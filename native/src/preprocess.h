@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace cascade {
 
@@ -47,9 +48,16 @@ struct Job {
 };
 
 // Empty when the job is safe to run; otherwise "TypeError: ..." or "RangeError: ..." text.
+// Validate = ValidateShape (O(1): formats, sizes, lengths, constants) then ValidateTaps (O(taps):
+// every tap index inside the frame, weights in range); ValidateTaps assumes ValidateShape passed.
 std::string Validate(const Job& job);
+std::string ValidateShape(const Job& job);
+std::string ValidateTaps(const Job& job);
 
 // Runs a validated job. Thread-safe for distinct output buffers.
 void Run(const Job& job);
+// Same, with the column accumulators in `scratch` (resized as needed, kept by a long-lived
+// caller so that a steady stream of frames allocates nothing). May throw std::bad_alloc.
+void Run(const Job& job, std::vector<int32_t>& scratch);
 
 }  // namespace cascade

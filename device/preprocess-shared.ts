@@ -25,12 +25,19 @@ export const Ctrl = {
   ROI_H: 10,
   /** 0 after success, else the byte length of the error text. */
   ERROR: 11,
-  LENGTH: 12,
+  /** 1 once the worker's loop has ended (for whatever reason): nobody will answer. */
+  DEAD: 12,
+  LENGTH: 13,
 } as const;
 
 /** `workerData` of the preprocessing worker. */
 export interface WorkerInit {
   ctrl: SharedArrayBuffer;
+  /**
+   * Two Float64 times (ms, performance.timeOrigin + now): [0] when the main thread posted the
+   * request, [1] when the worker finished it.
+   */
+  times: SharedArrayBuffer;
   /** Pool frame buffers, by slot. */
   frames: SharedArrayBuffer[];
   /** Output float buffers A and B (the model input). */
@@ -41,6 +48,8 @@ export interface WorkerInit {
   resize: 'area' | 'bilinear';
   /** Bytes of the ROI scratch buffer (the largest ROI × 3). */
   scratchBytes: number;
+  /** How long the worker spins for the next request before it sleeps (µs). */
+  idleSpinUs: number;
 }
 
 /**

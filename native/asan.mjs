@@ -2,7 +2,11 @@
 // `npm run test:native-asan`: builds the kernel with AddressSanitizer + UBSan into
 // native/build/asan and runs the native tests against it (CASCADE_NATIVE_PATH), with the ASan
 // runtime preloaded into node (an instrumented addon cannot load into an uninstrumented process
-// otherwise). Leak detection is off: node itself keeps allocations alive until exit.
+// otherwise): the kernel's and the persistent preprocessing thread's tests, and the device
+// pipeline's (the thread driven by the frame loop). Leak detection is off there: node itself
+// keeps allocations alive until exit. First, the thread's stand-alone stress test runs under the
+// same sanitizers with leak detection on (native/stress.mjs; `node native/stress.mjs --sanitize
+// thread` runs it under ThreadSanitizer).
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -10,6 +14,15 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = dirname(here);
+
+const stress = spawnSync(
+  process.execPath,
+  [join(here, 'stress.mjs'), '--sanitize', 'address', '--jobs', '5000'],
+  {
+    stdio: 'inherit',
+  },
+);
+if (stress.status !== 0) process.exit(stress.status ?? 1);
 
 const build = spawnSync(process.execPath, [join(here, 'build.mjs'), '--strict', '--asan'], {
   stdio: 'inherit',
@@ -37,7 +50,14 @@ const env = {
 };
 const run = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', ...(tests.length ? tests : ['test/native-preprocess.test.ts'])],
+  [
+    '--import',
+    'tsx',
+    '--test',
+    ...(tests.length
+      ? tests
+      : ['test/native-preprocess.test.ts', 'test/preprocessor.test.ts', 'test/device-pipeline.test.ts']),
+  ],
   { cwd: root, env, stdio: 'inherit' },
 );
 process.exit(run.status ?? 1);

@@ -1,7 +1,11 @@
 /**
  * The device's frame loop, double-buffered: while the INT8 student infers frame n from buffer A
- * (onnxruntime-node runs on the main thread), frame n+1 is preprocessed into buffer B off the
- * main thread (native kernel on the libuv pool, or a worker thread); then the buffers swap.
+ * (onnxruntime-node runs the session on the main thread), frame n+1 is preprocessed into buffer
+ * B off the main thread (the native kernel's own thread, or a worker thread); then the buffers
+ * swap. With the preprocessor's sync hand-off, one frame is start(n+1) → infer(n) → wait(), and
+ * the main thread blocks only for whatever remains of the preprocessing after inference; a
+ * preprocessor with only the promise form (PreprocessorOptions.handoff 'async') gets the same
+ * loop over promises.
  * `sequential` mode runs the same stages one after the other on one buffer (the baseline the
  * benchmark compares with, and the reference the tests check the pipelined results against).
  *
@@ -30,7 +34,10 @@ export interface Inference {
   confidence: number;
   /** The model that ran (its card gives version and temperature). */
   model: OnnxClassifier;
-  /** Capture → preprocessing start, preprocessing, inference (ms). */
+  /**
+   * Capture → preprocessing start, preprocessing (its start → its end as the preprocessing
+   * thread saw it, so pipelined frames do not count the inference they overlapped), inference (ms).
+   */
   queueMs: number;
   preprocessMs: number;
   inferMs: number;
@@ -99,6 +106,8 @@ export class DevicePipeline {
   readonly mode: 'pipelined' | 'sequential';
   readonly stats: StageStats;
   readonly #o: PipelineOptions;
+  readonly #pre: Preprocessor;
+  readonly #model: ModelSlot;
   readonly #states: [FrameState, FrameState];
   #processed = 0;
   #errors = 0;
@@ -106,6 +115,8 @@ export class DevicePipeline {
 
   constructor(opts: PipelineOptions) {
     this.#o = opts;
+    this.#pre = opts.preprocessor;
+    this.#model = opts.model;
     this.mode = opts.mode ?? 'pipelined';
     this.stats = opts.stats ?? new StageStats();
     this.#states = [new FrameState(opts.buffers[0]), new FrameState(opts.buffers[1])];
@@ -123,7 +134,15 @@ export class DevicePipeline {
 
   /** Runs until the slot is closed and empty. Calling it again returns the same run. */
   run(): Promise<void> {
-    this.#running ??= this.mode === 'sequential' ? this.#sequential() : this.#pipelined();
+    const sync = this.#pre.handoff === 'sync';
+    this.#running ??=
+      this.mode === 'sequential'
+        ? sync
+          ? this.#sequential()
+          : this.#sequentialAsync()
+        : sync
+          ? this.#pipelined()
+          : this.#pipelinedAsync();
     return this.#running;
   }
 
@@ -132,25 +151,68 @@ export class DevicePipeline {
     for (;;) {
       const f = slot.poll() ?? (await slot.take());
       if (f === null) return;
-      if (await this.#prep(f, 0)) await this.#inferAndHandle(0);
+      if (this.#start(f, 0) && this.#finish(0)) await this.#inferAndHandle(0);
     }
   }
 
+  /**
+   * start(n+1) → infer(n) → wait(n+1): the hand-offs are synchronous, so the only event-loop
+   * turns are inference's own (onnxruntime-node defers the session run by one setImmediate) and
+   * waiting for a frame when none is there.
+   */
   async #pipelined(): Promise<void> {
     const slot = this.#o.slot;
     let cur = slot.poll() ?? (await slot.take());
+    if (cur === null) return;
     let b: 0 | 1 = 0;
-    let ok = cur !== null && (await this.#prep(cur, b));
+    let ok = this.#start(cur, b) && this.#finish(b);
+    try {
+      for (;;) {
+        const nb: 0 | 1 = b === 0 ? 1 : 0;
+        let next = slot.poll();
+        let started = next !== null && this.#start(next, nb);
+        if (ok) await this.#inferAndHandle(b);
+        if (next === null) {
+          next = await slot.take();
+          if (next === null) return;
+          started = this.#start(next, nb);
+        }
+        ok = started && this.#finish(nb);
+        cur = next;
+        b = nb;
+      }
+    } finally {
+      // Only when a handler's error escapes (onError threw): the job in flight must end before
+      // its frame goes back to the pool.
+      if (this.#pre.busy) this.#abandon(b === 0 ? 1 : 0);
+    }
+  }
+
+  async #sequentialAsync(): Promise<void> {
+    const slot = this.#o.slot;
+    for (;;) {
+      const f = slot.poll() ?? (await slot.take());
+      if (f === null) return;
+      if (await this.#prepAsync(f, 0)) await this.#inferAndHandle(0);
+    }
+  }
+
+  /** The promise-based form, for a preprocessor without the sync hand-off. */
+  async #pipelinedAsync(): Promise<void> {
+    const slot = this.#o.slot;
+    let cur = slot.poll() ?? (await slot.take());
+    let b: 0 | 1 = 0;
+    let ok = cur !== null && (await this.#prepAsync(cur, b));
     while (cur !== null) {
       let next = slot.poll();
       const nb: 0 | 1 = b === 0 ? 1 : 0;
       // Frame n+1 is preprocessed off the main thread while frame n is inferred.
-      let pending = next !== null ? this.#prep(next, nb) : null;
+      let pending = next !== null ? this.#prepAsync(next, nb) : null;
       if (ok) await this.#inferAndHandle(b);
       if (next === null) {
         next = await slot.take();
         if (next === null) return;
-        pending = this.#prep(next, nb);
+        pending = this.#prepAsync(next, nb);
       }
       ok = await (pending as Promise<boolean>);
       cur = next;
@@ -164,22 +226,63 @@ export class DevicePipeline {
    * lazy initialisation and JIT compilation.
    */
   async warmUp(frame: CameraFrame, rounds = 5): Promise<void> {
+    const pre = this.#pre;
     for (let i = 0; i < rounds; i++) {
       for (const b of [0, 1] as const) {
-        await this.#o.preprocessor.run(frame, b);
-        await this.#o.model.run(this.#states[b].run);
+        if (pre.handoff === 'sync') {
+          pre.start(frame, b);
+          pre.wait();
+        } else {
+          await pre.run(frame, b);
+        }
+        await this.#model.run(this.#states[b].run);
       }
     }
   }
 
+  /** Hands `frame` → buffer `b` to the preprocessor; false (frame released, error reported) on failure. */
+  #start(frame: CameraFrame, b: 0 | 1): boolean {
+    const s = this.#states[b];
+    s.frame = frame;
+    s.queueMs = wallClock() - frame.captureTime;
+    try {
+      this.#pre.start(frame, b);
+    } catch (err) {
+      this.#fail(frame, err);
+      return false;
+    }
+    return true;
+  }
+
+  /** Waits for buffer `b`'s preprocessing; false (frame released, error reported) on failure. */
+  #finish(b: 0 | 1): boolean {
+    const s = this.#states[b];
+    try {
+      s.preprocessMs = this.#pre.wait();
+    } catch (err) {
+      this.#fail(s.frame, err);
+      return false;
+    }
+    return true;
+  }
+
+  #abandon(b: 0 | 1): void {
+    try {
+      this.#pre.wait();
+    } catch {
+      // Its outcome no longer matters.
+    }
+    this.#states[b].frame.release();
+  }
+
   /** Preprocesses into buffer `b`; false (frame released, error reported) on failure. */
-  async #prep(frame: CameraFrame, b: 0 | 1): Promise<boolean> {
+  async #prepAsync(frame: CameraFrame, b: 0 | 1): Promise<boolean> {
     const s = this.#states[b];
     s.frame = frame;
     const t0 = performance.now();
     s.queueMs = performance.timeOrigin + t0 - frame.captureTime;
     try {
-      await this.#o.preprocessor.run(frame, b);
+      await this.#pre.run(frame, b);
     } catch (err) {
       this.#fail(frame, err);
       return false;
@@ -193,7 +296,7 @@ export class DevicePipeline {
     const frame = s.frame;
     const t0 = performance.now();
     try {
-      await this.#o.model.run(s.run);
+      await this.#model.run(s.run);
     } catch (err) {
       this.#fail(frame, err);
       return;
@@ -214,7 +317,7 @@ export class DevicePipeline {
     st.record('preprocess', s.preprocessMs);
     st.record('infer', s.inferMs);
     st.record('decide', t2 - t1);
-    st.record('total', wallClock() - frame.captureTime);
+    st.record('total', performance.timeOrigin + t2 - frame.captureTime);
     this.#processed++;
     frame.release();
   }

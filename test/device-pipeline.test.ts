@@ -129,11 +129,17 @@ const backends: PreprocessBackend[] = isNativeAvailable() ? ['native', 'worker']
 
 describe('DevicePipeline double buffering', () => {
   /** Runs the replay frames through a pipeline; returns logits and labels by frame id. */
-  async function runAll(backend: PreprocessBackend, mode: 'pipelined' | 'sequential', n: number) {
+  async function runAll(
+    backend: PreprocessBackend,
+    mode: 'pipelined' | 'sequential',
+    n: number,
+    handoff: 'sync' | 'async' = 'sync',
+  ) {
     const pool = new FramePool({ size: 6, bytes: 640 * 480 * 3, shared: backend === 'worker' });
     const cam = new ReplayCamera({ dataset: ds, pool, fps: 0, seed: 3 });
     const buffers = [model.createBuffers(), model.createBuffers()] as const;
-    const pre = await Preprocessor.create({ spec: model.card.input, buffers, pool, backend });
+    const pre = await Preprocessor.create({ spec: model.card.input, buffers, pool, backend, handoff });
+    assert.equal(pre.handoff, handoff);
     const slot = new FrameSlot({ capacity: 2 });
     const got = new Map<number, { logits: number[]; label: number; confidence: number; input: number[] }>();
     const pipeline = new DevicePipeline({
@@ -172,11 +178,14 @@ describe('DevicePipeline double buffering', () => {
     return got;
   }
 
-  for (const backend of backends) {
-    it(`gives the same results pipelined (${backend}) as sequential (inline)`, async () => {
+  for (const [backend, handoff] of backends.flatMap((b) => [
+    [b, 'sync'],
+    [b, 'async'],
+  ]) as [PreprocessBackend, 'sync' | 'async'][]) {
+    it(`gives the same results pipelined (${backend}, ${handoff} hand-off) as sequential (inline)`, async () => {
       const n = 60;
       const seq = await runAll('inline', 'sequential', n);
-      const pipe = await runAll(backend, 'pipelined', n);
+      const pipe = await runAll(backend, 'pipelined', n, handoff);
       assert.equal(pipe.size, n);
       for (let id = 0; id < n; id++) {
         const a = seq.get(id);
@@ -190,32 +199,77 @@ describe('DevicePipeline double buffering', () => {
     });
   }
 
-  it('reports a frame the preprocessor refuses and goes on', async () => {
-    const pool = new FramePool({ size: 3, bytes: 640 * 480 * 3 });
-    const buffers = [model.createBuffers(), model.createBuffers()] as const;
-    const pre = await Preprocessor.create({ spec: model.card.input, buffers, pool, backend: 'inline' });
-    const slot = new FrameSlot({ capacity: 3 });
-    const failed: number[] = [];
-    const ok: number[] = [];
-    const pipeline = new DevicePipeline({
-      slot,
-      preprocessor: pre,
-      model: new ModelSlot(model),
-      buffers,
-      onInference: (inf) => ok.push(inf.frame.frameId),
-      onError: (f) => failed.push(f.frameId),
+  for (const [backend, mode] of ['inline', ...backends].flatMap((b) => [
+    [b, 'pipelined'],
+    [b, 'sequential'],
+  ]) as [PreprocessBackend, 'pipelined' | 'sequential'][]) {
+    it(`reports a frame the preprocessor refuses and goes on (${backend}, ${mode})`, async () => {
+      const pool = new FramePool({ size: 6, bytes: 640 * 480 * 3, shared: backend === 'worker' });
+      const buffers = [model.createBuffers(), model.createBuffers()] as const;
+      const pre = await Preprocessor.create({ spec: model.card.input, buffers, pool, backend });
+      const slot = new FrameSlot({ capacity: 6 });
+      const failed: number[] = [];
+      const ok: number[] = [];
+      const pipeline = new DevicePipeline({
+        slot,
+        preprocessor: pre,
+        model: new ModelSlot(model),
+        buffers,
+        mode,
+        onInference: (inf) => ok.push(inf.frame.frameId),
+        onError: (f) => failed.push(f.frameId),
+      });
+      for (const f of frames(pool, 6)) {
+        f.width = 640;
+        f.height = 480;
+        f.captureTime = wallClock();
+        // Refused while another frame is being inferred (1), the last one (5), two in a row (3, 4).
+        if ([1, 3, 4, 5].includes(f.frameId)) f.roi = { x: 630, y: 0, width: 28, height: 28 };
+        slot.push(f);
+      }
+      slot.close();
+      await pipeline.run();
+      await pre.close();
+      assert.deepEqual(failed, [1, 3, 4, 5]);
+      assert.deepEqual(ok, [0, 2]);
+      assert.equal(pipeline.errors, 4);
+      assert.equal(pool.available, 6);
     });
-    for (const f of frames(pool, 3)) {
-      f.width = 640;
-      f.height = 480;
-      f.captureTime = wallClock();
-      if (f.frameId === 1) f.roi = { x: 630, y: 0, width: 28, height: 28 };
-      slot.push(f);
-    }
-    slot.close();
-    await pipeline.run();
-    assert.deepEqual(failed, [1]);
-    assert.deepEqual(ok, [0, 2]);
-    assert.equal(pool.available, 3);
-  });
+  }
+
+  for (const backend of backends) {
+    it(`ends a run whose error handler throws without leaving a job or a frame behind (${backend})`, async () => {
+      const pool = new FramePool({ size: 6, bytes: 640 * 480 * 3, shared: backend === 'worker' });
+      const buffers = [model.createBuffers(), model.createBuffers()] as const;
+      const pre = await Preprocessor.create({ spec: model.card.input, buffers, pool, backend });
+      const slot = new FrameSlot({ capacity: 6 });
+      const pipeline = new DevicePipeline({
+        slot,
+        preprocessor: pre,
+        model: new ModelSlot(model),
+        buffers,
+        onInference: (inf) => {
+          if (inf.frame.frameId === 1) throw new Error('handler failed');
+        },
+        onError: (_f, err) => {
+          throw err;
+        },
+      });
+      for (const f of frames(pool, 6)) {
+        f.width = 640;
+        f.height = 480;
+        f.captureTime = wallClock();
+        slot.push(f);
+      }
+      slot.close();
+      // Frame 2 was being preprocessed while frame 1's handler threw.
+      await assert.rejects(pipeline.run(), /handler failed/);
+      assert.equal(pre.busy, false);
+      slot.clear();
+      assert.equal(pool.available, 6, 'every frame went back to the pool');
+      pre.start(frames(pool, 1)[0], 0);
+      pre.wait();
+      await pre.close();
+    });
+  }
 });

@@ -4,7 +4,8 @@
  * run one after the other on one buffer, with the INT8 device student on one ONNX Runtime thread.
  *
  *   npm run bench:device -- [--frames N] [--rounds N] [--roi] [--backend auto|native|worker]
- *                           [--tier device|gateway|cloud] [--alloc-frames N] [--json]
+ *                           [--tier device|gateway|cloud] [--handoff sync|async]
+ *                           [--spin-us N] [--idle-spin-us N] [--alloc-frames N] [--json]
  *
  * Frames are rendered once by the replay camera (so rendering is not timed) and fed as fast as
  * the loop takes them. By default the whole frame is resized to the model input, which with the
@@ -14,8 +15,14 @@
  * best hide the cheaper stage, so its gain is largest when the two stages cost about the same,
  * and with the device student (inference about half the full-frame preprocessing) it is bounded
  * by (pre + infer) / max(pre, infer) ≈ 1.5×.
+ * `--handoff` picks how jobs reach the preprocessing thread: 'sync' (default; start/wait on the
+ * preprocessor's own thread, no event-loop turn) or 'async' (the libuv pool behind a promise);
+ * `--spin-us` / `--idle-spin-us` override the preprocessor's spins (PreprocessorOptions).
  * Rounds alternate the two modes so that a change in machine load does not favour one; the report
- * gives medians over rounds. Stage times are the medians of the sequential rounds (no overlap).
+ * gives medians over rounds. Stage times are the medians of the sequential rounds (no overlap);
+ * `preprocessMs` runs from the hand-off to the job's end as the preprocessing thread saw it, and
+ * with the native thread `kernelMs` is the kernel's own part (the rest is the hand-off). The
+ * machine's load average before and after is reported: on a shared machine it explains outliers.
  * Then `--alloc-frames` frames (default 10000) run pipelined to measure allocation: the sum of
  * heap-used increases between samples every 100 frames (an estimate of bytes allocated; a
  * collection in an interval hides that interval), garbage collections by kind, and the change of
@@ -23,6 +30,7 @@
  *
  * Prints {"pipelinedFps","sequentialFps","preprocessMs","inferMs", ...}.
  */
+import { availableParallelism, loadavg } from 'node:os';
 import { type PerformanceEntry, PerformanceObserver } from 'node:perf_hooks';
 import { setImmediate as yieldNow } from 'node:timers/promises';
 import { choiceOpt, numberOpt, parse } from '../cascade/args.ts';
@@ -44,6 +52,9 @@ const { values: v } = parse(process.argv.slice(2), {
   roi: { type: 'boolean' },
   backend: { type: 'string' },
   tier: { type: 'string' },
+  handoff: { type: 'string' },
+  'spin-us': { type: 'string' },
+  'idle-spin-us': { type: 'string' },
   'alloc-frames': { type: 'string' },
   json: { type: 'boolean' },
 });
@@ -54,6 +65,10 @@ const want = choiceOpt('--backend', v.backend, ['auto', 'native', 'worker'] as c
 const { backend, why } = resolveBackend(want);
 const useRoi = v.roi === true;
 const tier = choiceOpt('--tier', v.tier, ['device', 'gateway', 'cloud'] as const) ?? 'device';
+const handoff = choiceOpt('--handoff', v.handoff, ['sync', 'async'] as const) ?? 'sync';
+const spinUs = numberOpt('--spin-us', v['spin-us'], { min: 0, max: 1e6 });
+const idleSpinUs = numberOpt('--idle-spin-us', v['idle-spin-us'], { min: 0, max: 1e6 });
+const loadBefore = loadavg();
 
 const registry = await loadRegistry();
 const card = modelForTier(registry, tier).card;
@@ -73,13 +88,23 @@ for (let i = 0; i < POOL; i++) {
 }
 for (const f of rendered) f.release();
 const buffers = [model.createBuffers(), model.createBuffers()] as const;
-const pre = await Preprocessor.create({ spec: model.card.input, buffers, pool, backend });
+const pre = await Preprocessor.create({
+  spec: model.card.input,
+  buffers,
+  pool,
+  backend,
+  handoff,
+  spinUs,
+  idleSpinUs,
+});
 const slotModel = new ModelSlot(model);
 
 /** Runs `n` frames in `mode`; returns frames per second and the stage stats. */
 async function run(mode: 'pipelined' | 'sequential', n: number, onFrame?: (i: number) => void) {
   const slot = new FrameSlot({ capacity: 2 });
   const stats = new StageStats(1024, n);
+  const kernel = new Float64Array(n);
+  let k = 0;
   let sink = 0;
   const pipeline = new DevicePipeline({
     slot,
@@ -90,6 +115,8 @@ async function run(mode: 'pipelined' | 'sequential', n: number, onFrame?: (i: nu
     stats,
     onInference: (inf) => {
       sink += inf.label;
+      // The last job waited for: this frame's when sequential, the next one's when pipelined.
+      if (k < n) kernel[k++] = pre.lastRunMs;
     },
   });
   const t0 = performance.now();
@@ -113,7 +140,7 @@ async function run(mode: 'pipelined' | 'sequential', n: number, onFrame?: (i: nu
   await done;
   const seconds = (performance.now() - t0) / 1000;
   if (pipeline.errors > 0) throw new Error(`${pipeline.errors} frames failed`);
-  return { fps: n / seconds, stats, sink };
+  return { fps: n / seconds, stats, sink, kernelMs: median(Array.from(kernel.subarray(0, k))) };
 }
 
 function median(xs: number[]): number {
@@ -128,6 +155,7 @@ const seqFps: number[] = [];
 const pipeFps: number[] = [];
 const preMs: number[] = [];
 const infMs: number[] = [];
+const kernelMs: number[] = [];
 const pipePreMs: number[] = [];
 const pipeInfMs: number[] = [];
 for (let r = 0; r < ROUNDS; r++) {
@@ -135,6 +163,7 @@ for (let r = 0; r < ROUNDS; r++) {
   seqFps.push(s.fps);
   preMs.push(s.stats.median('preprocess'));
   infMs.push(s.stats.median('infer'));
+  kernelMs.push(s.kernelMs);
   const p = await run('pipelined', FRAMES);
   pipeFps.push(p.fps);
   pipePreMs.push(p.stats.median('preprocess'));
@@ -179,6 +208,7 @@ if (ALLOC_FRAMES > 0) {
   };
 }
 
+const counters = pre.handoffCounters;
 const preprocessMs = median(preMs);
 const inferMs = median(infMs);
 const pipelinedFps = median(pipeFps);
@@ -194,13 +224,19 @@ const report = {
   /** Pipelined fps relative to the bound 1 / max(stage). */
   boundFraction: round(pipelinedFps / (1000 / Math.max(preprocessMs, inferMs)), 3),
   pipelinedStageMs: { preprocess: round(median(pipePreMs), 4), infer: round(median(pipeInfMs), 4) },
+  /** The native kernel's own time (sequential median); preprocessMs − kernelMs is the hand-off. */
+  kernelMs: round(median(kernelMs), 4),
   backend,
   backendWhy: why,
+  handoff: pre.handoff,
+  /** Sync hand-off: waits that found the job done while spinning, and those that blocked (whole run). */
+  waits: counters,
+  loadavg: { before: loadBefore.map((x) => round(x, 2)), after: loadavg().map((x) => round(x, 2)) },
   model: model.card.name,
   input: useRoi ? 'roi' : 'full-frame',
   frames: FRAMES,
   rounds: ROUNDS,
-  cores: (await import('node:os')).availableParallelism(),
+  cores: availableParallelism(),
   alloc,
 };
 await pre.close();
@@ -216,12 +252,13 @@ if (v.json) {
   const r = report;
   process.stdout.write(
     [
-      `device pipeline, ${r.input} 640x480 → ${model.card.input.width}x${model.card.input.height}, model ${r.model}, backend ${r.backend} (${r.backendWhy})`,
-      `  stages (sequential medians): preprocess ${r.preprocessMs} ms, infer ${r.inferMs} ms`,
+      `device pipeline, ${r.input} 640x480 → ${model.card.input.width}x${model.card.input.height}, model ${r.model}, backend ${r.backend} (${r.backendWhy}), ${r.handoff} hand-off`,
+      `  stages (sequential medians): preprocess ${r.preprocessMs} ms (kernel ${r.kernelMs} ms), infer ${r.inferMs} ms`,
       `  sequential ${r.sequentialFps} fps, pipelined ${r.pipelinedFps} fps: ${r.speedup}x (at most ${r.speedupBound}x with these stages), ${r.boundFraction} of 1/max(stage)`,
       alloc
         ? `  allocation over ${alloc.frames} frames: ~${alloc.bytesPerFrame} B/frame, ${alloc.minorGcs} minor / ${alloc.majorGcs} major GCs, heap Δ ${alloc.heapDeltaBytes} B, ArrayBuffers Δ ${alloc.arrayBuffersDeltaBytes} B`
         : '',
+      `  load average ${r.loadavg.before.join(' ')} before, ${r.loadavg.after.join(' ')} after`,
     ].join('\n') + '\n',
   );
 }

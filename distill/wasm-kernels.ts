@@ -19,12 +19,14 @@
 
 import {
   backend_util,
+  Cast,
   Conv2DBackpropFilter,
   Conv2DBackpropInput,
   DepthwiseConv2dNativeBackpropFilter,
   DepthwiseConv2dNativeBackpropInput,
   findBackend,
   getKernel,
+  Identity,
   type KernelBackend,
   type KernelFunc,
   MaxPoolWithArgmax,
@@ -339,7 +341,9 @@ const depthwiseBackpropInput: KernelFunc = ({ inputs, attrs = {}, backend }) => 
 
 /**
  * MaxPoolWithArgmax (NHWC) computed on the wasm heap in place: each window starts at its first
- * in-bounds element and keeps the first maximum, as the cpu backend and TensorFlow do.
+ * in-bounds element and keeps the first maximum, as the cpu backend and TensorFlow do. Windows
+ * that lie inside the image (valid padding, the trainer's pooling) take a loop without clipping,
+ * and 2×2 windows an unrolled one (~6x faster than the clipping loop).
  */
 const maxPoolWithArgmax: KernelFunc = ({ inputs, attrs = {}, backend }) => {
   const b = backend as BackendWasm;
@@ -359,9 +363,91 @@ const maxPoolWithArgmax: KernelFunc = ({ inputs, attrs = {}, backend }) => {
   );
   const pooled = b.makeOutput(info.outShape, x.dtype);
   const indexes = b.makeOutput(info.outShape, 'int32');
-  const xv = b.typedArrayFromHeap(x);
-  const pv = b.typedArrayFromHeap(pooled);
-  const iv = b.typedArrayFromHeap(indexes);
+  const xv = b.typedArrayFromHeap(x) as Float32Array;
+  const pv = b.typedArrayFromHeap(pooled) as Float32Array;
+  const iv = b.typedArrayFromHeap(indexes) as Int32Array;
+  const p = info.padInfo;
+  if (
+    p.top === 0 &&
+    p.left === 0 &&
+    (info.outHeight - 1) * info.strideHeight + info.effectiveFilterHeight <= info.inHeight &&
+    (info.outWidth - 1) * info.strideWidth + info.effectiveFilterWidth <= info.inWidth
+  ) {
+    argmaxInside(xv, pv, iv, info, includeBatchInIndex);
+  } else {
+    argmaxClipped(xv, pv, iv, info, includeBatchInIndex);
+  }
+  return [pooled, indexes];
+};
+
+/** Argmax pooling where every window lies inside the image: no clipping, 2×2 unrolled. */
+function argmaxInside(
+  xv: Float32Array,
+  pv: Float32Array,
+  iv: Int32Array,
+  info: backend_util.Conv2DInfo,
+  includeBatchInIndex: boolean,
+): void {
+  const { batchSize: n, inHeight: h, inWidth: w, inChannels: c, outHeight: oh, outWidth: ow } = info;
+  const [fh, fw] = [info.effectiveFilterHeight, info.effectiveFilterWidth];
+  const row = w * c;
+  const image = h * row;
+  let o = 0;
+  for (let bi = 0; bi < n; bi++) {
+    const shift = includeBatchInIndex ? 0 : bi * image;
+    for (let oy = 0; oy < oh; oy++) {
+      for (let ox = 0; ox < ow; ox++) {
+        const base = bi * image + oy * info.strideHeight * row + ox * info.strideWidth * c;
+        if (fh === 2 && fw === 2) {
+          for (let ch = 0; ch < c; ch++, o++) {
+            const k0 = base + ch;
+            let best = k0;
+            let v = xv[k0];
+            if (xv[k0 + c] > v) {
+              best = k0 + c;
+              v = xv[best];
+            }
+            if (xv[k0 + row] > v) {
+              best = k0 + row;
+              v = xv[best];
+            }
+            if (xv[k0 + row + c] > v) {
+              best = k0 + row + c;
+              v = xv[best];
+            }
+            pv[o] = v;
+            iv[o] = best - shift;
+          }
+        } else {
+          for (let ch = 0; ch < c; ch++, o++) {
+            let best = base + ch;
+            let v = xv[best];
+            for (let y = 0; y < fh; y++) {
+              for (let xx = 0; xx < fw; xx++) {
+                const k = base + ch + y * row + xx * c;
+                if (xv[k] > v) {
+                  best = k;
+                  v = xv[k];
+                }
+              }
+            }
+            pv[o] = v;
+            iv[o] = best - shift;
+          }
+        }
+      }
+    }
+  }
+}
+
+/** Argmax pooling with windows clipped to the image (padded pooling). */
+function argmaxClipped(
+  xv: Float32Array,
+  pv: Float32Array,
+  iv: Int32Array,
+  info: backend_util.Conv2DInfo,
+  includeBatchInIndex: boolean,
+): void {
   const { batchSize: n, inHeight: h, inWidth: w, inChannels: c, outHeight: oh, outWidth: ow } = info;
   const [fh, fw] = [info.effectiveFilterHeight, info.effectiveFilterWidth];
   let o = 0;
@@ -384,7 +470,28 @@ const maxPoolWithArgmax: KernelFunc = ({ inputs, attrs = {}, backend }) => {
         }
       }
     }
-  return [pooled, indexes];
+}
+
+/**
+ * Identity sharing the input's memory (one more reference) instead of copying it, as the cpu
+ * backend does. The engine clones every tensor it saves for the backward pass through Identity,
+ * so the wasm backend's copying Identity cost ~10 ms per teacher step; no kernel writes into its
+ * inputs, so sharing is safe.
+ */
+const identity: KernelFunc = ({ inputs, backend }) => {
+  const { x } = inputs as { x: TensorInfo };
+  (backend as BackendWasm).incRef(x.dataId);
+  return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+};
+
+/** The wasm backend's own Cast, kept for real conversions. */
+let wasmCast: KernelFunc | undefined;
+
+/** Cast to the same dtype shares memory like {@link identity} (the ReLU gradient casts a float mask). */
+const cast: KernelFunc = (args) => {
+  const { x } = args.inputs as { x: TensorInfo };
+  if ((args.attrs as { dtype?: string } | undefined)?.dtype === x.dtype) return identity(args);
+  return wasmCast!(args);
 };
 
 let installed = false;
@@ -396,12 +503,15 @@ let installed = false;
 export function installWasmGradKernels(): void {
   if (installed) return;
   installed = true;
+  wasmCast = getKernel(Cast, 'wasm')?.kernelFunc;
   for (const [kernelName, kernelFunc] of [
     [Conv2DBackpropFilter, conv2DBackpropFilter],
     [Conv2DBackpropInput, conv2DBackpropInput],
     [DepthwiseConv2dNativeBackpropFilter, depthwiseBackpropFilter],
     [DepthwiseConv2dNativeBackpropInput, depthwiseBackpropInput],
     [MaxPoolWithArgmax, maxPoolWithArgmax],
+    [Identity, identity],
+    ...(wasmCast === undefined ? [] : ([[Cast, cast]] as const)),
   ] as const) {
     if (getKernel(kernelName, 'wasm') !== undefined) unregisterKernel(kernelName, 'wasm');
     registerKernel({ kernelName, backendName: 'wasm', kernelFunc });

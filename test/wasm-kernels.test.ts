@@ -83,11 +83,48 @@ const cases: Case[] = [
   { name: 'depthwise 3x3 stride 2', x: [2, 9, 9, 3], k: 3, cout: 3, stride: 2, pad: 'same', depthwise: true },
 ];
 
+type PoolCase = {
+  name: string;
+  x: [number, number, number, number];
+  size: number;
+  stride: number;
+  pad: 'same' | 'valid';
+};
+
+/** Values on a coarse grid, so windows hold ties (the first maximum must win) and negatives. */
+function poolInput(c: PoolCase): tf.Tensor4D {
+  const v = seeded(
+    c.x.reduce((a, b) => a * b),
+    7,
+  ).map((u) => Math.round(u * 6) / 2);
+  return tf.tensor4d(v, c.x);
+}
+
+function argmaxPool(
+  c: PoolCase,
+  includeBatchInIndex: boolean,
+): { values: Float32Array; indexes: Int32Array } {
+  const x = poolInput(c);
+  const { result, indexes } = tf.maxPoolWithArgmax(x, c.size, c.stride, c.pad, includeBatchInIndex);
+  const out = { values: result.dataSync() as Float32Array, indexes: indexes.dataSync() as Int32Array };
+  tf.dispose([x, result, indexes]);
+  return out;
+}
+
+const poolCases: PoolCase[] = [
+  { name: '2x2 stride 2 valid (unrolled)', x: [3, 8, 6, 5], size: 2, stride: 2, pad: 'valid' },
+  { name: '3x3 stride 2 valid, odd size (inside)', x: [2, 9, 7, 3], size: 3, stride: 2, pad: 'valid' },
+  { name: '3x3 stride 1 same (clipped windows)', x: [2, 6, 5, 4], size: 3, stride: 1, pad: 'same' },
+];
+
 describe('wasm gradient kernels agree with the cpu backend', () => {
   const want = new Map<string, { dx: Float32Array; dw: Float32Array }>();
+  const wantPool = new Map<string, { values: Float32Array; indexes: Int32Array }>();
   before(async () => {
     await initTf('cpu');
     for (const c of cases) want.set(c.name, grads(c));
+    for (const c of poolCases)
+      for (const inc of [true, false]) wantPool.set(`${c.name} ${inc}`, argmaxPool(c, inc));
     await initTf('wasm');
   });
   for (const c of cases) {
@@ -108,6 +145,31 @@ describe('wasm gradient kernels agree with the cpu backend', () => {
     const noBatch = tf.maxPoolWithArgmax(x, 2, 2, 'valid', false);
     assert.deepEqual(Array.from(noBatch.indexes.dataSync()), [1, 2, 8, 14, 1, 2, 8, 14]);
     tf.dispose([x, result, indexes, noBatch.result, noBatch.indexes]);
+  });
+  for (const c of poolCases) {
+    it(`MaxPoolWithArgmax ${c.name} gives the cpu backend's values and indexes`, () => {
+      for (const inc of [true, false]) {
+        const got = argmaxPool(c, inc);
+        const ref = wantPool.get(`${c.name} ${inc}`)!;
+        assert.deepEqual(Array.from(got.values), Array.from(ref.values));
+        assert.deepEqual(Array.from(got.indexes), Array.from(ref.indexes), `includeBatchInIndex ${inc}`);
+      }
+    });
+  }
+  it('Identity and same-dtype Cast share memory; the copy outlives its source; Cast still converts', () => {
+    const a = tf.tensor1d([1.5, -2.25, 3]);
+    const buffers = tf.memory().numDataBuffers;
+    const c = tf.clone(a);
+    const f = tf.cast(a, 'float32');
+    assert.equal(tf.memory().numDataBuffers, buffers, 'no new buffers');
+    const i = tf.cast(a, 'int32');
+    assert.equal(tf.memory().numDataBuffers, buffers + 1, 'a real conversion allocates');
+    a.dispose();
+    assert.deepEqual(Array.from(c.dataSync()), [1.5, -2.25, 3]);
+    assert.deepEqual(Array.from(f.dataSync()), [1.5, -2.25, 3]);
+    assert.equal(i.dtype, 'int32');
+    assert.deepEqual(Array.from(i.dataSync()), [1, -2, 3]);
+    tf.dispose([c, f, i]);
   });
   it('the registered kernels replace the missing and slow ones', () => {
     for (const k of ['Conv2DBackpropFilter', 'Conv2DBackpropInput', 'DepthwiseConv2dNativeBackpropFilter']) {

@@ -153,30 +153,18 @@ export class FrameServer {
   async serve(req: FrameRequest): Promise<FrameResult> {
     const arrived = req.arrivedAt ?? this.#sched.now();
     const deadline = arrived + req.budgetMs;
-    const version = this.#engine.card.version;
-    const base = { tier: 'gateway' as const, modelVersion: version, probs: null, topk: [], cloudMs: 0 };
     if (!(req.budgetMs > 0)) {
       this.#m.misses.inc({ kind: 'expired' });
-      return this.#finish(req, arrived, {
-        ...base,
-        status: 'expired',
-        queueMs: 0,
-        serviceMs: 0,
-        retryAfterMs: 0,
-        reason: 'expired',
-      });
+      return this.#finish(req, arrived, this.#result('expired', 'expired', 0, 0, 0));
     }
     // Admission before any work: refuse at once when the queue cannot serve it in its budget.
     const wait = this.#opts.admission === false ? 0 : this.#batcher.expectedWaitMs();
     if (wait > req.budgetMs) {
-      return this.#finish(req, arrived, {
-        ...base,
-        status: 'overloaded',
-        queueMs: 0,
-        serviceMs: 0,
-        retryAfterMs: Math.max(1, Math.ceil(wait - req.budgetMs)),
-        reason: 'overloaded',
-      });
+      return this.#finish(
+        req,
+        arrived,
+        this.#result('overloaded', 'overloaded', 0, 0, Math.max(1, Math.ceil(wait - req.budgetMs))),
+      );
     }
     // Pixels are preprocessed into the batch buffer at dispatch; only their size can be wrong.
     const input = req.tensor ?? req.pixels ?? new Uint8Array(0);
@@ -184,54 +172,31 @@ export class FrameServer {
       if (!(input instanceof Float32Array) && input.length !== this.#engine.imageBytes)
         this.#engine.preprocess(input, 1); // throws the engine's own RangeError
     } catch (err) {
-      return this.#finish(req, arrived, {
-        ...base,
-        status: 'error',
-        queueMs: 0,
-        serviceMs: 0,
-        retryAfterMs: 0,
-        reason: `bad-input:${(err as Error).message.slice(0, 60)}`,
-      });
+      return this.#finish(
+        req,
+        arrived,
+        this.#result('error', `bad-input:${(err as Error).message.slice(0, 60)}`, 0, 0, 0),
+      );
     }
     const outcome = await this.#batcher.submit(input, deadline - this.#sched.now());
     switch (outcome.status) {
       case 'overloaded':
-        return this.#finish(req, arrived, {
-          ...base,
-          status: 'overloaded',
-          queueMs: 0,
-          serviceMs: 0,
-          retryAfterMs: outcome.retryAfterMs,
-          reason: 'overloaded',
-        });
+        return this.#finish(
+          req,
+          arrived,
+          this.#result('overloaded', 'overloaded', 0, 0, outcome.retryAfterMs),
+        );
       case 'expired':
         this.#m.misses.inc({ kind: 'expired' });
-        return this.#finish(req, arrived, {
-          ...base,
-          status: 'expired',
-          queueMs: outcome.queueMs,
-          serviceMs: 0,
-          retryAfterMs: 0,
-          reason: 'expired',
-        });
+        return this.#finish(req, arrived, this.#result('expired', 'expired', outcome.queueMs, 0, 0));
       case 'closed':
-        return this.#finish(req, arrived, {
-          ...base,
-          status: 'overloaded',
-          queueMs: 0,
-          serviceMs: 0,
-          retryAfterMs: 1000,
-          reason: 'shutting-down',
-        });
+        return this.#finish(req, arrived, this.#result('overloaded', 'shutting-down', 0, 0, 1000));
       case 'error':
-        return this.#finish(req, arrived, {
-          ...base,
-          status: 'error',
-          queueMs: outcome.queueMs,
-          serviceMs: outcome.serviceMs,
-          retryAfterMs: 0,
-          reason: 'engine-error',
-        });
+        return this.#finish(
+          req,
+          arrived,
+          this.#result('error', 'engine-error', outcome.queueMs, outcome.serviceMs, 0),
+        );
       case 'ok':
         break;
     }
@@ -242,16 +207,15 @@ export class FrameServer {
     let top1 = 0;
     for (let k = 1; k < probs.length; k++) if (probs[k] > probs[top1]) top1 = k;
     const confidence = probs[top1];
-    const own: FrameResult = {
-      ...base,
-      status: 'ok',
-      probs,
-      topk: topOf(probs, this.#opts.topk),
+    const own = this.#result(
+      'ok',
+      'local:nocloud',
       queueMs,
       serviceMs,
-      retryAfterMs: 0,
-      reason: 'local:nocloud',
-    };
+      0,
+      probs,
+      topOf(probs, this.#opts.topk),
+    );
     const cloud = this.#cloud;
     if (cloud === undefined || req.pixels === undefined) {
       own.reason = cloud === undefined ? 'local:nocloud' : 'local:nopayload';
@@ -314,6 +278,31 @@ export class FrameServer {
       own.reason = `fallback:cloud-${failure}`;
       return this.#finish(req, arrived, own);
     }
+  }
+
+  /** A result of the gateway's own: every field, always in this order (one object shape). */
+  #result(
+    status: AnswerStatus,
+    reason: string,
+    queueMs: number,
+    serviceMs: number,
+    retryAfterMs: number,
+    probs: Float32Array | null = null,
+    topk: Ranked[] = [],
+  ): FrameResult {
+    const modelVersion = this.#engine.card.version;
+    return {
+      status,
+      tier: 'gateway',
+      modelVersion,
+      probs,
+      topk,
+      queueMs,
+      serviceMs,
+      cloudMs: 0,
+      retryAfterMs,
+      reason,
+    };
   }
 
   #finish(req: FrameRequest, arrived: number, r: FrameResult): FrameResult {

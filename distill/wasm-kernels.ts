@@ -6,6 +6,9 @@
  * convolution, which runs on XNNPACK's fast kernels (measured on a 2-core x86 box, one 3x3 layer,
  * batch 64, 28x28, 32→32: input gradient 390 ms → 36 ms, filter gradient 502 ms (im2col) → 69 ms).
  *
+ * The filter gradient of layers with many input channels and big images runs as GEMMs over a
+ * padded pixel grid instead ({@link filterGradGrid}: 28×28×32→32, batch 128: 108 ms → 72 ms).
+ *
  * They are registered at kernel level, not as op gradients, so both the plain Conv2D path and the
  * FusedConv2D path (taken when a conv has no bias, e.g. before BatchNorm) use them. Cases outside
  * the fast formulations (strided input gradients, channel multipliers > 1, NCHW) run the cpu
@@ -14,7 +17,9 @@
  * MaxPoolWithArgmax is replaced too: the wasm backend's (4.22) starts every window at
  * numeric_limits<float>::min(), the smallest *positive* float, so a window whose values are all
  * ≤ 0 (every dead window after a ReLU) returns 1.2e-38 and index 0, and the max-pool gradient of
- * distill/model.ts sent all of those windows' gradients to element 0 of the batch.
+ * distill/model.ts sent all of those windows' gradients to element 0 of the batch. Identity and
+ * same-dtype Cast share memory instead of copying (the engine clones every tensor it saves for
+ * the backward pass through Identity).
  */
 
 import {
@@ -122,8 +127,10 @@ const conv2DBackpropFilter: KernelFunc = ({ inputs, attrs = {}, backend }) => {
   );
   const [kh, kw] = [info.filterHeight, info.filterWidth];
   const p = info.padInfo;
-  if (info.inChannels <= GEMM_MAX_IN_CHANNELS && info.strideHeight === 1 && info.strideWidth === 1) {
-    return filterGradGemm(b, x, dy, info);
+  if (info.strideHeight === 1 && info.strideWidth === 1) {
+    if (info.inChannels <= GEMM_MAX_IN_CHANNELS) return filterGradGemm(b, x, dy, info);
+    const grid = filterGradGrid(b, x, dy, info);
+    if (grid !== null) return grid;
   }
   const xt = run(b, 'Transpose', { x }, { perm: [3, 1, 2, 0] }); // [Ci, H, W, N]
   const dyt = run(b, 'Transpose', { x: dy }, { perm: [1, 2, 0, 3] }); // [Ho, Wo, N, Co]
@@ -189,6 +196,140 @@ function filterGradGemm(
   const out = run(b, 'Reshape', { x: prod }, { shape: [kh, kw, ci, co] });
   free(b, xT, ...parts, cols, colsT, dy2, prod);
   if (padded !== null) free(b, padded);
+  return out;
+}
+
+/**
+ * Target number of K positions (grid pixels) per GEMM of {@link filterGradGrid}: B (that many
+ * rows of dy) then stays in cache. 2000–8000 measure the same; far larger chunks spill B, far
+ * smaller ones pay the per-GEMM set-up (operator creation, packing) too often.
+ */
+const GRID_CHUNK = 4000;
+/** Most grid positions per output pixel for which {@link filterGradGrid} beats the conv formulation. */
+const GRID_MAX_WASTE = 1.25;
+
+/**
+ * A tensor aliasing part of another tensor's wasm memory (no copy), for kernels that feed slices
+ * of one buffer to GEMMs. Release it with {@link dropView}, never with disposeData (which would
+ * free memory the view does not own).
+ */
+function view(b: BackendWasm, base: TensorInfo, offset: number, shape: number[]): TensorInfo {
+  const data = b.dataIdMap.get(base.dataId);
+  if (data === undefined) throw new Error('view of a tensor that is not in wasm memory');
+  return b.makeOutput(shape, 'float32', data.memoryOffset + offset * 4);
+}
+
+/** Forgets a {@link view}: unregisters it (dropping the GEMM operators cached on it) without freeing. */
+function dropView(b: BackendWasm, v: TensorInfo): void {
+  const data = b.dataIdMap.get(v.dataId);
+  if (data === undefined) return;
+  b.wasm.tfjs.disposeData(data.id);
+  b.dataIdMap.delete(v.dataId);
+}
+
+/**
+ * Stride-1 filter gradient as GEMMs over a padded pixel grid, for layers with many input channels.
+ *
+ * dW[(a,b,ci), co] = Σ_p x[p + off(a,b), ci] · dy[p, co] over pixels p. With x laid out on a grid
+ * whose zero bands are shared between neighbouring rows and images (x padded below and on the
+ * left by the larger of the two pads), every tap (a, b) becomes a constant flat offset off(a,b),
+ * and dy placed on the same grid is zero wherever no output pixel lives. The K positions are cut
+ * into chunks of ~GRID_CHUNK pixels: per chunk, A = [kh·kw·Ci, K] rows copied as contiguous runs
+ * from the channel-major grid, B = the chunk of dy (a view, no copy), one XNNPACK GEMM each; the
+ * partial products are summed. Short K per GEMM keeps XNNPACK's packed B in cache, where the conv
+ * formulation's filter (all of dy) is re-read from memory for every row block, and the only
+ * transposes are one of x. ~1.5x faster than the conv formulation on 28×28×32→32, batch 128.
+ *
+ * Returns null where the output pixels do not fit the grid (pads larger than the kernel allows).
+ */
+function filterGradGrid(
+  b: BackendWasm,
+  x: TensorInfo,
+  dy: TensorInfo,
+  info: backend_util.Conv2DInfo,
+): TensorInfo | null {
+  const [n, h, w, ci] = x.shape;
+  const [, ho, wo, co] = dy.shape;
+  const [kh, kw] = [info.filterHeight, info.filterWidth];
+  const p = info.padInfo;
+  if (ho > h || wo > w) return null;
+  const br = Math.max(p.top, p.bottom);
+  let bc = Math.max(p.left, p.right);
+  // Channel rows a multiple of 4 KiB apart alias in the cache during the transpose: widen the band.
+  if ((n * (h + br) * (w + bc)) % 1024 === 0) bc++;
+  const rowsPer = h + br;
+  const wg = bc + w;
+  // Grid positions without an output pixel are wasted GEMM work: past ~25 % the conv wins (7×7).
+  if (rowsPer * wg > GRID_MAX_WASTE * ho * wo) return null;
+  const total = n * rowsPer * wg;
+  const xg = run(
+    b,
+    'PadV2',
+    { x },
+    {
+      paddings: [
+        [0, 0],
+        [0, br],
+        [bc, 0],
+        [0, 0],
+      ],
+      constantValue: 0,
+    },
+  );
+  const xgT = run(b, 'Transpose', { x: { ...xg, shape: [total, ci] } }, { perm: [1, 0] }); // [Ci, total]
+  free(b, xg);
+  const dyg = run(
+    b,
+    'PadV2',
+    { x: dy },
+    {
+      paddings: [
+        [0, 0],
+        [0, rowsPer - ho],
+        [bc, w - wo],
+        [0, 0],
+      ],
+      constantValue: 0,
+    },
+  ); // [N, rowsPer, wg, Co], flat [total, Co]
+  const rows = kh * kw * ci;
+  const chunks = Math.max(1, Math.round(total / GRID_CHUNK));
+  const kc = Math.ceil(total / chunks);
+  const a = b.makeOutput([rows, kc], 'float32');
+  const offsets: number[] = [];
+  for (let ta = 0; ta < kh; ta++)
+    for (let tb = 0; tb < kw; tb++) offsets.push((ta - p.top) * wg + (tb - p.left));
+  const parts: TensorInfo[] = [];
+  for (let start = 0; start < total; start += kc) {
+    const len = Math.min(kc, total - start);
+    // Fresh views of the heap each chunk: a GEMM's allocation may have grown (moved) it.
+    const av = b.typedArrayFromHeap(a) as Float32Array;
+    const xv = b.typedArrayFromHeap(xgT) as Float32Array;
+    let r = 0;
+    for (const off of offsets) {
+      for (let c = 0; c < ci; c++, r++) {
+        // Row r of A: x[start + off … start + off + len) of channel c, zero outside the grid.
+        const dst = r * len;
+        const from = start + off;
+        const lo = Math.max(0, -from);
+        const hi = Math.min(len, total - from);
+        if (lo > 0) av.fill(0, dst, dst + lo);
+        if (hi > lo) av.set(xv.subarray(c * total + from + lo, c * total + from + hi), dst + lo);
+        if (hi < len) av.fill(0, dst + Math.max(hi, lo), dst + len);
+      }
+    }
+    const aChunk = len === kc ? a : view(b, a, 0, [rows, len]);
+    const bChunk = view(b, dyg, start * co, [len, co]);
+    parts.push(run(b, 'BatchMatMul', { a: aChunk, b: bChunk }, { transposeA: false, transposeB: false }));
+    dropView(b, bChunk);
+    if (aChunk !== a) dropView(b, aChunk);
+  }
+  free(b, xgT, dyg, a);
+  // The Concat and AddN kernels take their inputs as a list.
+  const sum = parts.length === 1 ? parts[0] : run(b, 'AddN', parts as unknown as NamedTensorInfoMap);
+  const out = run(b, 'Reshape', { x: sum }, { shape: [kh, kw, ci, co] });
+  free(b, sum);
+  if (parts.length > 1) free(b, ...parts);
   return out;
 }
 

@@ -8,7 +8,7 @@ type Case = {
   k: number;
   cout: number;
   stride: number;
-  pad: 'same' | 'valid';
+  pad: 'same' | 'valid' | [[number, number], [number, number], [number, number], [number, number]];
   depthwise?: boolean;
   fused?: boolean;
 };
@@ -78,7 +78,50 @@ const cases: Case[] = [
   },
   { name: 'conv 5x5 valid', x: [2, 11, 10, 2], k: 5, cout: 3, stride: 1, pad: 'valid' },
   { name: 'conv 3x3 stride 2 same', x: [2, 9, 8, 3], k: 3, cout: 4, stride: 2, pad: 'same' },
-  { name: 'conv 1x1', x: [3, 5, 5, 8], k: 1, cout: 4, stride: 1, pad: 'same' },
+  { name: 'conv 1x1 (grid path)', x: [3, 5, 5, 8], k: 1, cout: 4, stride: 1, pad: 'same' },
+  // Many input channels, stride 1: the pixel-grid GEMMs. 11×29×29 grid positions make two chunks,
+  // the second one shorter.
+  { name: 'grid: 3x3 same, two chunks', x: [11, 28, 28, 5], k: 3, cout: 3, stride: 1, pad: 'same' },
+  { name: 'grid: 3x3 valid', x: [2, 30, 30, 6], k: 3, cout: 4, stride: 1, pad: 'valid' },
+  {
+    name: 'grid: 2x2 same (pads only below and right)',
+    x: [2, 12, 12, 6],
+    k: 2,
+    cout: 3,
+    stride: 1,
+    pad: 'same',
+  },
+  {
+    name: 'grid: 3x3 explicit uneven pads',
+    x: [2, 16, 16, 6],
+    k: 3,
+    cout: 3,
+    stride: 1,
+    pad: [
+      [0, 0],
+      [0, 2],
+      [1, 1],
+      [0, 0],
+    ],
+  },
+  {
+    name: 'grid: fused conv (BN path)',
+    x: [2, 14, 14, 8],
+    k: 3,
+    cout: 5,
+    stride: 1,
+    pad: 'same',
+    fused: true,
+  },
+  // Small images waste too much of the grid: the conv formulation, stride 1.
+  {
+    name: 'small image, many channels (conv formulation)',
+    x: [3, 5, 5, 6],
+    k: 3,
+    cout: 4,
+    stride: 1,
+    pad: 'same',
+  },
   { name: 'depthwise 3x3 same', x: [3, 7, 7, 4], k: 3, cout: 4, stride: 1, pad: 'same', depthwise: true },
   { name: 'depthwise 3x3 stride 2', x: [2, 9, 9, 3], k: 3, cout: 3, stride: 2, pad: 'same', depthwise: true },
 ];

@@ -13,7 +13,6 @@ import type { IPublishPacket } from 'mqtt';
 import { realScheduler, type Scheduler } from '../cascade/batcher.ts';
 import { MqttConnection } from '../cascade/mqtt.ts';
 import {
-  type AnswerMessage,
   decodeAs,
   encode,
   isValidDeviceId,
@@ -52,7 +51,11 @@ interface AwaitingAck {
   /** Give up (count it failed) at this time, ms (`performance.now()`). */
   until: number;
   limitMs: number;
-  settle: (err: Error | undefined) => void;
+  /** Size of the answer, and its device (for the metrics and the log). */
+  bytes: number;
+  deviceId: string;
+  /** Ends the frame's in-flight count. */
+  end: () => void;
 }
 
 /** Options of {@link OffloadConsumer}. */
@@ -101,6 +104,8 @@ export class OffloadConsumer {
       protocolVersion: opts.protocol,
       username: opts.username,
       password: opts.password,
+      // Per-packet debug calls of mqtt.js: garbage on the hot path, four packets per frame.
+      debugLog: false,
     });
     this.#conn.on('error', (err) => opts.logger.warn({ err: err.message }, 'mqtt error'));
     this.#conn.on('offline', (attempt, delayMs) =>
@@ -245,11 +250,11 @@ export class OffloadConsumer {
       this.#reject('topic', `envelope device ${msg.deviceId} on topic of ${device}`);
       return;
     }
-    const end = this.#inflight.begin();
-    void this.#serve(msg, arrived).finally(end);
+    // `end` is called once the answer is settled (published, or counted failed).
+    void this.#serve(msg, arrived, this.#inflight.begin());
   }
 
-  async #serve(msg: OffloadMessage, arrived: number): Promise<void> {
+  async #serve(msg: OffloadMessage, arrived: number, end: () => void): Promise<void> {
     const { server, card, metrics } = this.#opts;
     const trace = traceFromEnvelope(msg.trace);
     let result: FrameResult;
@@ -283,72 +288,90 @@ export class OffloadConsumer {
         reason,
       };
     }
-    await this.#answer(msg, result, trace, arrived);
+    this.#answer(msg, result, trace, arrived, end);
   }
 
-  /** Publishes the answer; resolves when the broker took it or it failed (counted either way). */
+  /**
+   * Publishes the answer and calls `end` once the broker took it or it failed (counted either
+   * way). No promise per answer: the PUBACK callback settles it, or the shared timer does.
+   */
   #answer(
     msg: OffloadMessage,
     r: FrameResult,
     trace: OffloadMessage['trace'],
     arrived: number,
-  ): Promise<void> {
-    const answer: AnswerMessage = {
-      kind: 'answer',
-      deviceId: msg.deviceId,
-      frameId: msg.frameId,
-      status: r.status,
-      tier: r.tier,
-      modelVersion: r.modelVersion.slice(0, 255),
-      topk: r.topk,
-      queueMs: Math.max(0, r.queueMs),
-      serviceMs: Math.max(0, r.serviceMs),
-      cloudMs: Math.max(0, r.cloudMs),
-      retryAfterMs: Math.max(0, r.retryAfterMs),
-      reason: r.reason.slice(0, 255),
-      trace,
-    };
-    const bytes = encode(answer);
+    end: () => void,
+  ): void {
+    let bytes: Buffer;
+    try {
+      bytes = encode({
+        kind: 'answer',
+        deviceId: msg.deviceId,
+        frameId: msg.frameId,
+        status: r.status,
+        tier: r.tier,
+        modelVersion: r.modelVersion.slice(0, 255),
+        topk: r.topk,
+        queueMs: Math.max(0, r.queueMs),
+        serviceMs: Math.max(0, r.serviceMs),
+        cloudMs: Math.max(0, r.cloudMs),
+        retryAfterMs: Math.max(0, r.retryAfterMs),
+        reason: r.reason.slice(0, 255),
+        trace,
+      });
+    } catch (err) {
+      end();
+      throw err;
+    }
     const left = msg.budgetLeftMs - (this.#sched.now() - arrived);
-    const properties =
-      this.#opts.protocol === 5 ? { messageExpiryInterval: messageExpirySeconds(left) } : undefined;
-    const failed = (err: Error): void => {
-      this.#opts.metrics.publishFailures.inc();
-      this.#opts.logger.warn({ err: err.message, deviceId: msg.deviceId }, 'answer not published');
-    };
     // An answer for a broker that is down is stale by the time it is back: count it failed
     // rather than queue it, and bound the wait for a PUBACK lost with a dropped connection.
     if (!this.#conn.connected) {
-      failed(new Error('not connected to the broker'));
-      return Promise.resolve();
+      this.#failed(new Error('not connected to the broker'), msg.deviceId);
+      end();
+      return;
     }
     this.#cork('answer');
     const limit = Math.max(PUBACK_TIMEOUT_MS, left);
-    return new Promise<void>((resolve) => {
-      const seq = this.#awaitSeq++;
-      const settle = (err: Error | undefined): void => {
-        // Once: a PUBACK after the timeout (or a timeout after the PUBACK) changes nothing.
-        if (!this.#awaiting.delete(seq)) return;
-        if (this.#awaiting.size === 0) {
-          clearTimeout(this.#ackTimer);
-          this.#ackTimer = undefined;
-        }
-        if (err === undefined) {
-          this.#opts.metrics.published.inc();
-          this.#opts.metrics.sent.inc({ transport: 'mqtt', peer: 'device' }, bytes.length);
-        } else failed(err);
-        resolve();
-      };
-      this.#awaiting.set(seq, { until: performance.now() + limit, limitMs: limit, settle });
-      this.#armAckTimer(limit);
-      try {
-        this.#conn.client.publish(Topics.answer(msg.deviceId), bytes, { qos: 1, properties }, (err) =>
-          settle(err ?? undefined),
-        );
-      } catch (err) {
-        settle(err instanceof Error ? err : new Error(String(err)));
-      }
+    const seq = this.#awaitSeq++;
+    this.#awaiting.set(seq, {
+      until: performance.now() + limit,
+      limitMs: limit,
+      bytes: bytes.length,
+      deviceId: msg.deviceId,
+      end,
     });
+    this.#armAckTimer(limit);
+    const properties =
+      this.#opts.protocol === 5 ? { messageExpiryInterval: messageExpirySeconds(left) } : undefined;
+    try {
+      this.#conn.client.publish(Topics.answer(msg.deviceId), bytes, { qos: 1, properties }, (err) =>
+        this.#settle(seq, err ?? undefined),
+      );
+    } catch (err) {
+      this.#settle(seq, err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  /** Settles answer `seq` once: a PUBACK after the timeout (or a timeout after it) changes nothing. */
+  #settle(seq: number, err: Error | undefined): void {
+    const a = this.#awaiting.get(seq);
+    if (a === undefined) return;
+    this.#awaiting.delete(seq);
+    if (this.#awaiting.size === 0) {
+      clearTimeout(this.#ackTimer);
+      this.#ackTimer = undefined;
+    }
+    if (err === undefined) {
+      this.#opts.metrics.published.inc();
+      this.#opts.metrics.sent.inc({ transport: 'mqtt', peer: 'device' }, a.bytes);
+    } else this.#failed(err, a.deviceId);
+    a.end();
+  }
+
+  #failed(err: unknown, deviceId: string): void {
+    this.#opts.metrics.publishFailures.inc();
+    this.#opts.logger.warn({ err: (err as Error).message, deviceId }, 'answer not published');
   }
 
   /**
@@ -361,8 +384,8 @@ export class OffloadConsumer {
       this.#ackTimer = undefined;
       const now = performance.now();
       let next = Number.POSITIVE_INFINITY;
-      for (const a of this.#awaiting.values()) {
-        if (a.until <= now) a.settle(new Error(`no PUBACK within ${a.limitMs} ms`));
+      for (const [seq, a] of this.#awaiting) {
+        if (a.until <= now) this.#settle(seq, new Error(`no PUBACK within ${a.limitMs} ms`));
         else next = Math.min(next, a.until);
       }
       if (Number.isFinite(next)) this.#armAckTimer(next - now);

@@ -6,8 +6,9 @@
  * convolution, which runs on XNNPACK's fast kernels (measured on a 2-core x86 box, one 3x3 layer,
  * batch 64, 28x28, 32→32: input gradient 390 ms → 36 ms, filter gradient 502 ms (im2col) → 69 ms).
  *
- * The filter gradient of layers with many input channels and big images runs as GEMMs over a
- * padded pixel grid instead ({@link filterGradGrid}: 28×28×32→32, batch 128: 108 ms → 72 ms).
+ * The filter gradient takes GEMMs where they win: over a padded pixel grid for layers with many
+ * input channels and big images ({@link filterGradGrid}: 28×28×32→32, batch 128: 108 ms → 72 ms),
+ * over identity-conv patches for few input channels ({@link filterGradPatches}: the first layer).
  *
  * They are registered at kernel level, not as op gradients, so both the plain Conv2D path and the
  * FusedConv2D path (taken when a conv has no bias, e.g. before BatchNorm) use them. Cases outside
@@ -127,8 +128,10 @@ const conv2DBackpropFilter: KernelFunc = ({ inputs, attrs = {}, backend }) => {
   );
   const [kh, kw] = [info.filterHeight, info.filterWidth];
   const p = info.padInfo;
+  if (info.filterHeight * info.filterWidth * info.inChannels <= PATCH_MAX_COLUMNS) {
+    return filterGradPatches(b, x, dy, info);
+  }
   if (info.strideHeight === 1 && info.strideWidth === 1) {
-    if (info.inChannels <= GEMM_MAX_IN_CHANNELS) return filterGradGemm(b, x, dy, info);
     const grid = filterGradGrid(b, x, dy, info);
     if (grid !== null) return grid;
   }
@@ -163,16 +166,41 @@ const conv2DBackpropFilter: KernelFunc = ({ inputs, attrs = {}, backend }) => {
 };
 
 /**
- * Input channels up to which the filter gradient runs as one GEMM over im2col columns. With few
- * input channels (a network's first layer on grey images) the conv formulation's output is tiny
- * (Ci × kh × kw pixels) and XNNPACK spends its time on a huge filter; the GEMM takes ~8 ms where
- * the conv takes ~70 ms (28×28, 1→32, batch 128). With more channels the columns get large and the
- * conv formulation wins.
+ * Largest kh·kw·Ci for which the filter gradient takes {@link filterGradPatches} (a network's
+ * first layer on grey or colour images: 9 or 27). The patch extraction costs (kh·kw·Ci)² MACs per
+ * output pixel, so wide layers take the other formulations.
  */
-const GEMM_MAX_IN_CHANNELS = 4;
+const PATCH_MAX_COLUMNS = 32;
+/** Output pixels per GEMM of {@link filterGradPatches} (whole images per chunk). */
+const PATCH_CHUNK = 4000;
 
-/** dW[(a,b,ci), co] = Σ xpad[n, h+a, w+b, ci]·dy[n, h, w, co] as colsᵀ·dy, stride 1. */
-function filterGradGemm(
+/** Identity filters [kh, kw, Ci, kh·kw·Ci] by shape, kept: XNNPACK caches their packed form. */
+const patchFilters = new Map<string, TensorInfo>();
+
+function patchFilter(b: BackendWasm, kh: number, kw: number, ci: number): TensorInfo {
+  const key = `${kh}x${kw}x${ci}`;
+  let f = patchFilters.get(key);
+  if (f === undefined || !b.dataIdMap.has(f.dataId)) {
+    const cols = kh * kw * ci;
+    const values = new Float32Array(cols * cols);
+    for (let j = 0; j < cols; j++) values[j * cols + j] = 1;
+    f = b.makeOutput([kh, kw, ci, cols], 'float32', undefined, values);
+    patchFilters.set(key, f);
+  }
+  return f;
+}
+
+/**
+ * Filter gradient for few input channels (any stride): dWᵀ = dyᵀ · patches.
+ *
+ * The patches (im2col, [N·Ho·Wo, kh·kw·Ci]) come from one forward conv of x with an identity
+ * filter: every output channel copies one tap of one input channel (x·1 plus zeros, exact for
+ * finite x), ~1 ms on XNNPACK. The GEMM then takes dy transposed as A and the patches as B,
+ * chunked by whole images: XNNPACK packs B on every call (~4 ns a value), and the patches are
+ * kh·kw·Ci wide where dy is Co wide (9 against 32 for the first layer), so this orientation packs
+ * a quarter of the values that colsᵀ·dy would (28×28, 1→32, batch 128: 23 ms → ~10 ms).
+ */
+function filterGradPatches(
   b: BackendWasm,
   x: TensorInfo,
   dy: TensorInfo,
@@ -181,21 +209,58 @@ function filterGradGemm(
   const [n, , , ci] = x.shape;
   const [, ho, wo, co] = dy.shape;
   const [kh, kw] = [info.filterHeight, info.filterWidth];
-  const padded = pad4(b, x, info.padInfo);
-  const xT = run(b, 'Transpose', { x: padded ?? x }, { perm: [3, 0, 1, 2] }); // [Ci, N, Hp, Wp]
+  const cols = kh * kw * ci;
+  const p = info.padInfo;
+  const patches = run(
+    b,
+    'Conv2D',
+    { x, filter: patchFilter(b, kh, kw, ci) },
+    {
+      strides: [info.strideHeight, info.strideWidth],
+      pad: [
+        [0, 0],
+        [p.top, p.bottom],
+        [p.left, p.right],
+        [0, 0],
+      ],
+      dataFormat: 'NHWC',
+      dilations: [1, 1],
+    },
+  ); // [N, Ho, Wo, cols]
+  const img = ho * wo;
+  let per = Math.max(1, Math.min(n, Math.round(PATCH_CHUNK / img)));
+  // dyᵀ rows a multiple of 4 KiB apart alias in the cache during the transpose.
+  if (per > 1 && (per * img) % 1024 === 0) per--;
+  const kc = per * img;
+  const full = Math.floor(n / per);
+  const rest = (n - full * per) * img;
+  // dyᵀ per chunk of images: [full, Co, kc], then the remaining images' [Co, rest].
+  const dyT = run(b, 'Transpose', { x: { ...dy, shape: [full, kc, co] } }, { perm: [0, 2, 1] });
   const parts: TensorInfo[] = [];
-  for (let a = 0; a < kh; a++) {
-    for (let c = 0; c < kw; c++)
-      parts.push(run(b, 'Slice', { x: xT }, { begin: [0, 0, a, c], size: [ci, n, ho, wo] }));
+  const gemm = (aT: TensorInfo, start: number, len: number): void => {
+    const bChunk = view(b, patches, start * cols, [len, cols]);
+    parts.push(run(b, 'BatchMatMul', { a: aT, b: bChunk }, { transposeA: false, transposeB: false }));
+    dropView(b, bChunk);
+  };
+  for (let c = 0; c < full; c++) {
+    const aT = view(b, dyT, c * co * kc, [co, kc]);
+    gemm(aT, c * kc, kc);
+    dropView(b, aT);
   }
-  // The Concat kernel takes its inputs as a list.
-  const cols = run(b, 'Concat', parts as unknown as NamedTensorInfoMap, { axis: 0 }); // [kh·kw·Ci, N, Ho, Wo]
-  const colsT = run(b, 'Reshape', { x: cols }, { shape: [kh * kw * ci, n * ho * wo] });
-  const dy2 = run(b, 'Reshape', { x: dy }, { shape: [n * ho * wo, co] });
-  const prod = run(b, 'BatchMatMul', { a: colsT, b: dy2 }, { transposeA: false, transposeB: false });
-  const out = run(b, 'Reshape', { x: prod }, { shape: [kh, kw, ci, co] });
-  free(b, xT, ...parts, cols, colsT, dy2, prod);
-  if (padded !== null) free(b, padded);
+  if (rest > 0) {
+    const tail = view(b, dy, full * kc * co, [rest, co]);
+    const aT = run(b, 'Transpose', { x: tail }, { perm: [1, 0] });
+    dropView(b, tail);
+    gemm(aT, full * kc, rest);
+    free(b, aT);
+  }
+  free(b, patches, dyT);
+  // The AddN kernel takes its inputs as a list.
+  const sum = parts.length === 1 ? parts[0] : run(b, 'AddN', parts as unknown as NamedTensorInfoMap);
+  const t = run(b, 'Transpose', { x: sum }, { perm: [1, 0] }); // [cols, Co]
+  const out = run(b, 'Reshape', { x: t }, { shape: [kh, kw, ci, co] });
+  free(b, t, sum);
+  if (parts.length > 1) free(b, ...parts);
   return out;
 }
 
@@ -540,23 +605,17 @@ function argmaxInside(
       for (let ox = 0; ox < ow; ox++) {
         const base = bi * image + oy * info.strideHeight * row + ox * info.strideWidth * c;
         if (fh === 2 && fw === 2) {
+          // A branch-free tournament (pairs of a row, then the two winners): comparisons turned
+          // into 0/1 offsets, since the windows' winners are random and mispredicted branches
+          // dominated (3x slower). Ties keep the earlier element, as the sequential scan does;
+          // only NaN inputs could order differently.
           for (let ch = 0; ch < c; ch++, o++) {
             const k0 = base + ch;
-            let best = k0;
-            let v = xv[k0];
-            if (xv[k0 + c] > v) {
-              best = k0 + c;
-              v = xv[best];
-            }
-            if (xv[k0 + row] > v) {
-              best = k0 + row;
-              v = xv[best];
-            }
-            if (xv[k0 + row + c] > v) {
-              best = k0 + row + c;
-              v = xv[best];
-            }
-            pv[o] = v;
+            const i1 = k0 + c * +(xv[k0 + c] > xv[k0]);
+            const k2 = k0 + row;
+            const i2 = k2 + c * +(xv[k2 + c] > xv[k2]);
+            const best = i1 + (i2 - i1) * +(xv[i2] > xv[i1]);
+            pv[o] = xv[best];
             iv[o] = best - shift;
           }
         } else {

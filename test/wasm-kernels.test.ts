@@ -66,7 +66,16 @@ function maxRelErr(a: Float32Array, b: Float32Array): number {
 }
 
 const cases: Case[] = [
+  // Few input channels: patches by an identity conv, then GEMMs (any stride).
   { name: 'conv 3x3 same', x: [4, 9, 9, 3], k: 3, cout: 5, stride: 1, pad: 'same' },
+  {
+    name: 'patches: 3x3 same, grey, chunks of 5 images and a remainder of 2',
+    x: [7, 28, 28, 1],
+    k: 3,
+    cout: 8,
+    stride: 1,
+    pad: 'same',
+  },
   {
     name: 'fused conv 3x3 same (BN path)',
     x: [3, 8, 8, 4],
@@ -85,7 +94,7 @@ const cases: Case[] = [
   { name: 'grid: 3x3 valid', x: [2, 30, 30, 6], k: 3, cout: 4, stride: 1, pad: 'valid' },
   {
     name: 'grid: 2x2 same (pads only below and right)',
-    x: [2, 12, 12, 6],
+    x: [2, 12, 12, 9],
     k: 2,
     cout: 3,
     stride: 1,
@@ -120,6 +129,14 @@ const cases: Case[] = [
     k: 3,
     cout: 4,
     stride: 1,
+    pad: 'same',
+  },
+  {
+    name: 'stride 2, many channels (conv formulation)',
+    x: [2, 9, 8, 6],
+    k: 3,
+    cout: 4,
+    stride: 2,
     pad: 'same',
   },
   { name: 'depthwise 3x3 same', x: [3, 7, 7, 4], k: 3, cout: 4, stride: 1, pad: 'same', depthwise: true },

@@ -83,11 +83,26 @@ export class TfModel {
   forward(x: tf.Tensor4D, training: boolean, rng?: Rng): tf.Tensor2D {
     const qat = this.#qat;
     let h: tf.Tensor = qat ? qat.apply(-1, x, training) : x;
-    this.arch.layers.forEach((l, i) => {
-      h = this.#layer(l, i, h, training, rng);
+    const layers = this.arch.layers;
+    for (let i = 0; i < layers.length; i++) {
+      if (training && !qat && layers[i].kind === 'bn' && layers[i + 1]?.kind === 'relu') {
+        // BatchNorm and its ReLU in one pass, with one gradient (see batchNormTrain).
+        h = this.#bnTrain(i, h, true);
+        i++;
+        continue;
+      }
+      h = this.#layer(layers[i], i, h, training, rng);
       if (qat) h = qat.apply(i, h, training);
-    });
+    }
     return h as tf.Tensor2D;
+  }
+
+  /** Training-mode BatchNorm of layer i (fused with the following ReLU when `relu`). */
+  #bnTrain(i: number, h: tf.Tensor, relu: boolean): tf.Tensor {
+    const v = (leaf: string): tf.Variable => this.vars.get(`${i}/${leaf}`)!;
+    const { y, mean, variance } = batchNormTrain(h, v('gamma'), v('beta'), relu);
+    this.#pendingBn.push({ name: `${i}`, mean, variance });
+    return y;
   }
 
   #pendingBn: Array<{ name: string; mean: tf.Tensor; variance: tf.Tensor }> = [];
@@ -106,9 +121,7 @@ export class TfModel {
         if (!training) {
           return tf.batchNorm(h, v('mean'), v('variance'), v('beta'), v('gamma'), BN_EPSILON);
         }
-        const { y, mean, variance } = batchNormTrain(h, v('gamma'), v('beta'));
-        this.#pendingBn.push({ name: `${i}`, mean, variance });
-        return y;
+        return this.#bnTrain(i, h, false);
       }
       case 'relu':
         return tf.relu(h);
@@ -117,7 +130,7 @@ export class TfModel {
           ? maxPoolTrain(h as tf.Tensor4D, l.size)
           : tf.maxPool(h as tf.Tensor4D, l.size, l.size, 'valid');
       case 'gap':
-        return tf.mean(h, [1, 2]);
+        return globalAvgPool(h as tf.Tensor4D);
       case 'flatten':
         return tf.reshape(h, [h.shape[0], -1]);
       case 'dropout': {
@@ -264,22 +277,50 @@ function channelMean(x: tf.Tensor): tf.Tensor1D {
 }
 
 /**
- * Training-mode BatchNorm with a closed-form gradient, written for the wasm backend's fast paths:
- * same-shape and per-channel broadcast binary ops (XNNPACK, ~1 ms per 10M values) and per-channel
- * means as average pools; never its FusedBatchNorm kernel (a scalar loop, 10–20x slower). With
- * s = 1/√(σ²+ε), M values per channel and means m(·) over them:
+ * y = x·a + b per channel (last axis), optionally followed by a ReLU, in one pass: a 1×1 depthwise
+ * conv with bias, which XNNPACK runs as a single multiply-add-clamp sweep (~2.5x faster than the
+ * broadcast Multiply, Add and Relu it replaces, and the same two roundings, so the same values).
+ * Call it only where no gradient flows through it (inside a custom gradient's functions).
+ */
+function channelAffine(x: tf.Tensor, a: tf.Tensor1D, b: tf.Tensor1D | undefined, relu: boolean): tf.Tensor {
+  const c = x.shape[x.shape.length - 1];
+  // The kernel itself: the tf.fused op splits into depthwise + Add + Relu while a gradient is taped.
+  const y = tf.engine().runKernel(
+    'FusedDepthwiseConv2D',
+    {
+      x: tf.reshape(x, [1, x.size / c, 1, c]),
+      filter: tf.reshape(a, [1, 1, c, 1]),
+      ...(b === undefined ? {} : { bias: b }),
+    },
+    {
+      strides: [1, 1],
+      pad: 'valid',
+      dataFormat: 'NHWC',
+      dilations: [1, 1],
+      activation: relu ? 'relu' : 'linear',
+    },
+  ) as tf.Tensor;
+  return tf.reshape(y, x.shape);
+}
+
+/**
+ * Training-mode BatchNorm with a closed-form gradient, optionally fused with the ReLU after it,
+ * written for the wasm backend's fast paths: per-channel multiply-adds as 1×1 depthwise convs
+ * (see {@link channelAffine}), same-shape binary ops and per-channel means as average pools; never
+ * its FusedBatchNorm kernel (a scalar loop, 10–20x slower). With s = 1/√(σ²+ε), M values per
+ * channel, means m(·) over them and dz the gradient at the BN output (dy masked by y > 0 when fused):
  *   y  = A·x + B,           A = γs, B = β − μA
- *   dβ = M·m(dy),  dγ = M·s·(m(dy·x) − μ·m(dy))
- *   dx = A·dy + D·x + E,    D = −A·s²·(m(dy·x) − μ·m(dy)) = −A·s·dγ/M, E = −A·m(dy) − D·μ
+ *   dβ = M·m(dz),  dγ = M·s·(m(dz·x) − μ·m(dz))
+ *   dx = A·dz + (D·x + E),  D = −A·s²·(m(dz·x) − μ·m(dz)) = −A·s·dγ/M, E = −A·m(dz) − D·μ
  * Batch statistics are computed inside the custom op and returned for the moving averages.
  */
 function batchNormTrain(
   x: tf.Tensor,
   gamma: tf.Tensor,
   beta: tf.Tensor,
+  relu: boolean,
 ): { y: tf.Tensor; mean: tf.Tensor; variance: tf.Tensor } {
-  const c = x.shape[x.shape.length - 1];
-  const m = x.size / c;
+  const m = x.size / x.shape[x.shape.length - 1];
   let mean: tf.Tensor | undefined;
   let variance: tf.Tensor | undefined;
   const f = tf.customGrad((...args) => {
@@ -289,27 +330,55 @@ function batchNormTrain(
     mean = tf.keep(mu);
     variance = tf.keep(v);
     const s = tf.rsqrt(tf.add(v, BN_EPSILON));
-    const a = tf.mul(g, s);
-    save([xx, mu, s, a]);
-    const x2 = tf.reshape(xx, [m, c]);
-    const value = tf.reshape(tf.add(tf.mul(x2, a), tf.sub(b, tf.mul(mu, a))), xx.shape);
+    const a = tf.mul(g, s) as tf.Tensor1D;
+    const value = channelAffine(xx, a, tf.sub(b, tf.mul(mu, a)) as tf.Tensor1D, relu);
+    // The output is kept only for the ReLU's mask (y > 0 exactly where the BN output is > 0).
+    save(relu ? [xx, mu, s, a, value] : [xx, mu, s, a]);
     const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] => {
-      const [sx, smu, ss, sa] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D];
-      const dy2 = tf.reshape(dy, [m, c]);
-      const sx2 = tf.reshape(sx, [m, c]);
-      const meanDy = channelMean(dy);
-      // m(dy·x) − μ·m(dy): the covariance of dy and x per channel.
-      const cov = tf.sub(channelMean(tf.mul(dy2, sx2)), tf.mul(smu, meanDy));
+      const [sx, smu, ss, sa, sy] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D, tf.Tensor?];
+      const dz = sy === undefined ? dy : tf.mul(dy, tf.step(sy));
+      const meanDz = channelMean(dz);
+      // m(dz·x) − μ·m(dz): the covariance of dz and x per channel.
+      const cov = tf.sub(channelMean(tf.mul(dz, sx)), tf.mul(smu, meanDz));
       const dgamma = tf.mul(tf.mul(ss, cov), m);
-      const d = tf.neg(tf.mul(tf.mul(sa, tf.square(ss)), cov));
-      const e = tf.sub(tf.neg(tf.mul(sa, meanDy)), tf.mul(d, smu));
-      const dx = tf.add(tf.add(tf.mul(dy2, sa), tf.mul(sx2, d)), e);
-      return [tf.reshape(dx, dy.shape), dgamma, tf.mul(meanDy, m)];
+      const d = tf.neg(tf.mul(tf.mul(sa, tf.square(ss)), cov)) as tf.Tensor1D;
+      const e = tf.sub(tf.neg(tf.mul(sa, meanDz)), tf.mul(d, smu)) as tf.Tensor1D;
+      const dx = tf.add(channelAffine(dz, sa, undefined, false), channelAffine(sx, d, e, false));
+      return [dx, dgamma, tf.mul(meanDz, m)];
     };
     return { value, gradFunc };
   });
   const y = f(x, gamma, beta);
   return { y, mean: mean!, variance: variance! };
+}
+
+const onesCache = new Map<string, tf.Tensor4D>();
+
+/** A kept [1, h, w, 1] tensor of ones, to broadcast per-channel values over an image. */
+function onesImage(h: number, w: number): tf.Tensor4D {
+  const key = `${h}x${w}`;
+  const cached = onesCache.get(key);
+  if (cached !== undefined && !cached.isDisposed) return cached;
+  const ones = tf.keep(tf.ones([1, h, w, 1]) as tf.Tensor4D);
+  onesCache.set(key, ones);
+  return ones;
+}
+
+/**
+ * Global average pooling (NHWC → [n, c]) as one average pool, with its gradient as one broadcast
+ * multiply. tf.mean's gradient builds a ones tensor of the input's size in JavaScript every step,
+ * and the wasm backend's AvgPoolGrad is a scalar loop (~18 ms for 128×7×7×128).
+ */
+function globalAvgPool(x: tf.Tensor4D): tf.Tensor2D {
+  const [n, h, w, c] = x.shape;
+  const f = tf.customGrad((...args) => {
+    const [xx] = args as [tf.Tensor4D, tf.GradSaveFunc];
+    const value = tf.reshape(tf.avgPool(xx, [h, w], [h, w], 'valid'), [n, c]);
+    const gradFunc = (dy: tf.Tensor): tf.Tensor =>
+      tf.mul(tf.reshape(tf.div(dy, h * w), [n, 1, 1, c]), onesImage(h, w));
+    return { value, gradFunc };
+  });
+  return f(x) as tf.Tensor2D;
 }
 
 /**

@@ -1,7 +1,8 @@
 /**
- * distill/model.ts: the hand-written training-mode gradients (BatchNorm, max pool) against
- * autodiff of plain TensorFlow.js ops, precise-BN recalibration against statistics computed by
- * hand, and TfModel inference against ONNX Runtime running the exported graph.
+ * distill/model.ts: the hand-written training-mode gradients (BatchNorm, BatchNorm + ReLU, global
+ * average pool, max pool) against autodiff of plain TensorFlow.js ops, precise-BN recalibration
+ * against statistics computed by hand, and TfModel inference against ONNX Runtime running the
+ * exported graph.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -15,20 +16,27 @@ import { subset } from '../models/data/dataset.ts';
 import { loadBundledSample } from '../models/data/load.ts';
 import { mulberry32, type Rng, shuffleInPlace } from '../models/data/rng.ts';
 
-/** conv → BN → ReLU → max pool → GAP → dense: every custom gradient on one small path. */
-const TINY: ArchSpec = {
-  name: 't',
-  input: [6, 6, 2],
-  classes: 3,
-  layers: [
-    { kind: 'conv', filters: 4, kernel: 3 },
-    { kind: 'bn' },
-    { kind: 'relu' },
-    { kind: 'maxpool', size: 2 },
-    { kind: 'gap' },
-    { kind: 'dense', units: 3 },
-  ],
-};
+/**
+ * conv → BN → ReLU → max pool → GAP → dense: every custom gradient on one small path (BN and ReLU
+ * run fused in training); without the ReLU, BN runs alone.
+ */
+function tiny(relu: boolean): ArchSpec {
+  return {
+    name: 't',
+    input: [6, 6, 2],
+    classes: 3,
+    layers: [
+      { kind: 'conv', filters: 4, kernel: 3 },
+      { kind: 'bn' },
+      ...(relu ? [{ kind: 'relu' } as const] : []),
+      { kind: 'maxpool', size: 2 },
+      { kind: 'gap' },
+      { kind: 'dense', units: 3 },
+    ],
+  };
+}
+/** Index of the dense layer in {@link tiny}. */
+const denseAt = (relu: boolean): number => (relu ? 5 : 4);
 const BATCH = 5;
 
 function uniform(n: number, rng: Rng, lo = -1, hi = 1): Float32Array {
@@ -48,15 +56,15 @@ function relErr(a: Float32Array, b: Float32Array): number {
 
 type Grads = Record<'dx' | 'dgamma' | 'dbeta' | 'dkernel', Float32Array>;
 
-/** Weights of TINY with a non-unit gamma and non-zero beta, so every BN term matters. */
-function tinyWeights(): Map<string, Float32Array> {
-  const model = new TfModel(TINY, mulberry32(7));
+/** Weights of {@link tiny} with a non-unit gamma and non-zero beta, so every BN term matters. */
+function tinyWeights(relu: boolean): Map<string, Float32Array> {
+  const model = new TfModel(tiny(relu), mulberry32(7));
   const w = model.snapshot();
   model.dispose();
   const rng = mulberry32(8);
   w.set('1/gamma', uniform(4, rng, 0.5, 1.5));
   w.set('1/beta', uniform(4, rng, -0.3, 0.3));
-  w.set('5/bias', uniform(3, rng, -0.1, 0.1));
+  w.set(`${denseAt(relu)}/bias`, uniform(3, rng, -0.1, 0.1));
   return w;
 }
 
@@ -64,8 +72,8 @@ const X = uniform(BATCH * 6 * 6 * 2, mulberry32(9));
 const G = uniform(BATCH * 3, mulberry32(10));
 
 /** Gradients of sum(TfModel.forward(x, training) ⊙ G) on the current backend. */
-function modelGrads(weights: Map<string, Float32Array>): Grads {
-  const model = new TfModel(TINY, mulberry32(1));
+function modelGrads(weights: Map<string, Float32Array>, relu: boolean): Grads {
+  const model = new TfModel(tiny(relu), mulberry32(1));
   model.load(weights);
   const xv = tf.variable(tf.tensor4d(X, [BATCH, 6, 6, 2]), true, 'x');
   const v = (name: string): tf.Variable => model.vars.get(name)!;
@@ -88,17 +96,17 @@ function modelGrads(weights: Map<string, Float32Array>): Grads {
 }
 
 /** The same network from plain ops (tf.moments BN, tf.maxPool), differentiated by autodiff. */
-function referenceGrads(weights: Map<string, Float32Array>): Grads {
+function referenceGrads(weights: Map<string, Float32Array>, relu: boolean): Grads {
   const w = (name: string, shape: number[]): tf.Tensor => tf.tensor(weights.get(name)!, shape);
   const kernel = w('0/kernel', [3, 3, 2, 4]);
-  const dense = w('5/kernel', [4, 3]) as tf.Tensor2D;
-  const bias = w('5/bias', [3]);
+  const dense = w(`${denseAt(relu)}/kernel`, [4, 3]) as tf.Tensor2D;
+  const bias = w(`${denseAt(relu)}/bias`, [3]);
   const g = tf.tensor2d(G, [BATCH, 3]);
   const f = (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, k: tf.Tensor): tf.Scalar => {
     const h = tf.conv2d(x as tf.Tensor4D, k as tf.Tensor4D, 1, 'same');
     const { mean, variance } = tf.moments(h, [0, 1, 2]);
     const bn = tf.add(tf.mul(tf.div(tf.sub(h, mean), tf.sqrt(tf.add(variance, BN_EPSILON))), gamma), beta);
-    const p = tf.maxPool(tf.relu(bn) as tf.Tensor4D, 2, 2, 'valid');
+    const p = tf.maxPool((relu ? tf.relu(bn) : bn) as tf.Tensor4D, 2, 2, 'valid');
     const logits = tf.add(tf.matMul(tf.mean(p, [1, 2]) as tf.Tensor2D, dense), bias);
     return tf.sum(tf.mul(logits, g));
   };
@@ -166,23 +174,26 @@ function referencePoolGrad(): Float32Array {
 }
 
 describe('TfModel training-mode gradients', () => {
-  let weights: Map<string, Float32Array>;
-  let cpuGrads: Grads;
+  for (const relu of [true, false]) {
+    const what = relu ? 'BatchNorm + ReLU (fused)' : 'BatchNorm alone';
+    let weights: Map<string, Float32Array>;
+    let cpuGrads: Grads;
 
-  it('custom BatchNorm + max-pool gradients match autodiff of plain ops (cpu)', async () => {
-    await initTf('cpu');
-    weights = tinyWeights();
-    cpuGrads = modelGrads(weights);
-    assertGradsClose(cpuGrads, referenceGrads(weights), 1e-4, 'cpu');
-    // BN makes Σ over a channel of dL/dh zero; the input gradient must still be non-trivial.
-    assert.ok(cpuGrads.dx.some((v) => Math.abs(v) > 1e-3));
-  });
+    it(`custom ${what}, GAP and max-pool gradients match autodiff of plain ops (cpu)`, async () => {
+      await initTf('cpu');
+      weights = tinyWeights(relu);
+      cpuGrads = modelGrads(weights, relu);
+      assertGradsClose(cpuGrads, referenceGrads(weights, relu), 1e-4, 'cpu');
+      // BN makes Σ over a channel of dL/dh zero; the input gradient must still be non-trivial.
+      assert.ok(cpuGrads.dx.some((v) => Math.abs(v) > 1e-3));
+    });
 
-  it('the wasm backend (project kernels) gives the cpu numbers', async () => {
-    assert.ok(cpuGrads, 'cpu gradients computed first');
-    await initTf('wasm');
-    assertGradsClose(modelGrads(weights), cpuGrads, 1e-4, 'wasm vs cpu');
-  });
+    it(`${what}: the wasm backend (project kernels) gives the cpu numbers`, async () => {
+      assert.ok(cpuGrads, 'cpu gradients computed first');
+      await initTf('wasm');
+      assertGradsClose(modelGrads(weights, relu), cpuGrads, 1e-4, 'wasm vs cpu');
+    });
+  }
 
   // The reference is the cpu backend's MaxPoolGrad: the wasm backend's own MaxPoolGrad has the
   // same all-negative-window fault as its MaxPoolWithArgmax, and training never uses it.

@@ -78,6 +78,11 @@ interface Pending<I, O> {
 
 /** Number of recent batches the service-time fit uses. */
 const FIT_WINDOW = 64;
+/**
+ * An idle batcher whose model has refused requests for this long admits them again whenever it
+ * is idle (see {@link DeadlineBatcher.refusal}).
+ */
+const PROBE_AFTER_MS = 1000;
 
 /** Online fit of batch service time as a + b·n over a window of recent batches. */
 export class ServiceModel {
@@ -164,6 +169,8 @@ export class DeadlineBatcher<I, O> {
   #timerAt = Number.POSITIVE_INFINITY;
   #closing = false;
   #idleWaiters: (() => void)[] = [];
+  /** Start of the current run of refusals while idle (undefined: the model admits). */
+  #refusingSince: number | undefined;
 
   /** @throws {RangeError} for a non-positive maxBatch or concurrency, or a negative delay. */
   constructor(opts: BatcherOptions<I, O>) {
@@ -224,20 +231,40 @@ export class DeadlineBatcher<I, O> {
   }
 
   /**
+   * Admission control for a request with `budgetMs` left, now: the expected wait (see
+   * {@link expectedWaitMs}) when it is to be refused, else undefined (also when admission control
+   * is off). The service model learns only from batches that run, so a model inflated by a stall
+   * of the whole machine would refuse every later request, for good: an idle batcher that has
+   * refused for {@link PROBE_AFTER_MS} admits requests whenever it is idle again, one batch at a
+   * time, until its model admits them by itself.
+   */
+  refusal(budgetMs: number): number | undefined {
+    if (!this.#admission) return undefined;
+    const wait = this.expectedWaitMs();
+    if (wait <= budgetMs) {
+      this.#refusingSince = undefined;
+      return undefined;
+    }
+    if (this.#queue.length > 0 || this.#inflight.size > 0) return wait;
+    const now = this.#sched.now();
+    this.#refusingSince ??= now;
+    return now - this.#refusingSince >= PROBE_AFTER_MS ? undefined : wait;
+  }
+
+  /**
    * Queues one request with `budgetMs` left until its deadline.
-   * Resolves `overloaded` at once when admission control refuses it, `expired` if its deadline
-   * passes before dispatch, `closed` after {@link close}, else `ok` or `error` with its output.
+   * Resolves `overloaded` at once when admission control refuses it (see {@link refusal}),
+   * `expired` if its deadline passes before dispatch, `closed` after {@link close}, else `ok` or
+   * `error` with its output.
    */
   submit(input: I, budgetMs: number): Promise<BatchOutcome<O>> {
     if (this.#closing) return Promise.resolve({ status: 'closed' });
     const now = this.#sched.now();
     if (!(budgetMs > 0)) return Promise.resolve({ status: 'expired', queueMs: 0 });
-    if (this.#queue.length >= this.#maxQueue || this.#admission) {
-      const wait = this.expectedWaitMs();
-      if (this.#queue.length >= this.#maxQueue || (this.#admission && wait > budgetMs)) {
-        const retryAfterMs = Math.max(1, Math.ceil(wait - this.#model.expected(1)));
-        return Promise.resolve({ status: 'overloaded', retryAfterMs, expectedWaitMs: wait });
-      }
+    const wait = this.#queue.length >= this.#maxQueue ? this.expectedWaitMs() : this.refusal(budgetMs);
+    if (wait !== undefined) {
+      const retryAfterMs = Math.max(1, Math.ceil(wait - this.#model.expected(1)));
+      return Promise.resolve({ status: 'overloaded', retryAfterMs, expectedWaitMs: wait });
     }
     return new Promise((resolve) => {
       const p: Pending<I, O> = { input, enqueued: now, deadline: now + budgetMs, resolve };

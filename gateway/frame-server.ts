@@ -158,8 +158,8 @@ export class FrameServer {
       return this.#finish(req, arrived, this.#result('expired', 'expired', 0, 0, 0));
     }
     // Admission before any work: refuse at once when the queue cannot serve it in its budget.
-    const wait = this.#opts.admission === false ? 0 : this.#batcher.expectedWaitMs();
-    if (wait > req.budgetMs) {
+    const wait = this.#opts.admission === false ? undefined : this.#batcher.refusal(req.budgetMs);
+    if (wait !== undefined) {
       return this.#finish(
         req,
         arrived,

@@ -175,6 +175,50 @@ describe('DeadlineBatcher', () => {
     assert.equal((fits.value as BatchOutcome<number> | undefined)?.status, 'ok');
   });
 
+  it('recovers from a service model inflated by a stall: an idle batcher probes after 1 s of refusals', async () => {
+    const s = new FakeScheduler();
+    const e = controlledEngine(s);
+    const b = new DeadlineBatcher({
+      run: e.run,
+      maxBatch: 4,
+      maxDelayMs: 0,
+      scheduler: s,
+      initialServiceMs: 0.1,
+    });
+    // The machine stalls: three batches take 2 s each, and the model now expects seconds.
+    for (let i = 0; i < 3; i++) {
+      track(b.submit(i, 10_000));
+      await flush();
+      await e.batches[i].done(2000);
+    }
+    assert.ok(b.serviceModel.expected(1) > 50, `expected ${b.serviceModel.expected(1)} ms`);
+    // Refused while idle, as before, for a second …
+    assert.equal((await b.submit(10, 50)).status, 'overloaded');
+    await s.advance(s.t + 999);
+    assert.equal((await b.submit(11, 50)).status, 'overloaded');
+    assert.equal(e.batches.length, 3);
+    // … then admitted whenever idle, so that the model learns the stall is over.
+    await s.advance(s.t + 1);
+    const probe = track(b.submit(12, 50));
+    await flush();
+    assert.equal(e.batches.length, 4, 'admitted and dispatched');
+    assert.equal((await b.submit(13, 50)).status, 'overloaded', 'busy: judged by the model as before');
+    await e.batches[3].done(0.2);
+    assert.equal(probe.value?.status, 'ok');
+    for (let i = 4; b.serviceModel.expected(2) > 20; i++) {
+      assert.ok(i < 4 + 64, 'the stall leaves the window');
+      track(b.submit(i, 50));
+      await flush();
+      await e.batches[i].done(0.2);
+    }
+    // The model admits concurrent requests by itself again.
+    track(b.submit(100, 50));
+    await flush();
+    const concurrent = track(b.submit(101, 50));
+    await flush();
+    assert.equal(concurrent.value, undefined, 'queued behind the running batch, not refused');
+  });
+
   it('bounds the queue whatever the budget', async () => {
     const s = new FakeScheduler();
     const e = controlledEngine(s);

@@ -6,8 +6,10 @@
  * a broker restart).
  */
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { CascadeError, ErrorCodes } from './errors.ts';
 
 /** Options of {@link MqttConnection}. */
 export interface MqttConnectionOptions {
@@ -19,9 +21,9 @@ export interface MqttConnectionOptions {
   username?: string;
   password?: string;
   /** TLS: CA, client certificate and key (PEM). */
-  ca?: string | Buffer;
-  cert?: string | Buffer;
-  key?: string | Buffer;
+  ca?: MqttTls['ca'];
+  cert?: MqttTls['cert'];
+  key?: MqttTls['key'];
   /** First reconnect delay; doubles per failed attempt. Default 100 ms. */
   backoffInitialMs?: number;
   /** Cap of the reconnect delay. Default 5000 ms. */
@@ -40,6 +42,44 @@ export interface MqttConnectionOptions {
   debugLog?: boolean;
   /** Injected for tests; default Math.random. */
   random?: () => number;
+}
+
+/** TLS material of an MQTT connection (PEM). */
+export interface MqttTls {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+/**
+ * Reads the TLS files a service's config names (each optional). A client certificate needs its
+ * key and the other way round.
+ * @param keys the config keys naming the files, for the error messages.
+ * @throws {CascadeError} CFG_ERR_INVALID naming the key and file that cannot be read.
+ */
+export function readMqttTls(
+  files: { ca?: string; cert?: string; key?: string },
+  keys: { ca: string; cert: string; key: string },
+): MqttTls {
+  if ((files.cert === undefined) !== (files.key === undefined)) {
+    const [have, lack] = files.cert === undefined ? [keys.key, keys.cert] : [keys.cert, keys.key];
+    throw new CascadeError(
+      ErrorCodes.CFG_ERR_INVALID,
+      `${have} is set but ${lack} is not: a client certificate needs both`,
+    );
+  }
+  const read = (key: string, path: string | undefined): Buffer | undefined => {
+    if (path === undefined) return undefined;
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+      throw new CascadeError(ErrorCodes.CFG_ERR_INVALID, `${key} ${path}: cannot read it (${why})`, {
+        cause: err,
+      });
+    }
+  };
+  return { ca: read(keys.ca, files.ca), cert: read(keys.cert, files.cert), key: read(keys.key, files.key) };
 }
 
 /** The mqtt.js `log` option that drops everything. */

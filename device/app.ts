@@ -6,10 +6,9 @@
  * frames and offloads (each bounded by its deadline), publishes their results and closes every
  * part in order. It never listens or reads the environment on its own: device/main.ts does.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { MqttConnection } from '../cascade/mqtt.ts';
+import { MqttConnection, readMqttTls } from '../cascade/mqtt.ts';
 import {
   loadPolicyFile,
   type PolicyConfigPatch,
@@ -240,9 +239,10 @@ export class DeviceApp {
             protocolVersion: config.broker.protocolVersion,
             username: config.broker.username,
             password: config.broker.password,
-            ca: config.broker.caFile ? readFileSync(config.broker.caFile) : undefined,
-            cert: config.broker.certFile ? readFileSync(config.broker.certFile) : undefined,
-            key: config.broker.keyFile ? readFileSync(config.broker.keyFile) : undefined,
+            ...readMqttTls(
+              { ca: config.broker.caFile, cert: config.broker.certFile, key: config.broker.keyFile },
+              { ca: 'broker.caFile', cert: 'broker.certFile', key: 'broker.keyFile' },
+            ),
             backoffInitialMs: config.broker.backoffInitialMs,
             backoffMaxMs: config.broker.backoffMaxMs,
           });

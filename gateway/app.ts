@@ -9,6 +9,7 @@ import rateLimit from '@fastify/rate-limit';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Scheduler } from '../cascade/batcher.ts';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
+import { readMqttTls } from '../cascade/mqtt.ts';
 import { type PolicyConfigPatch, PolicyEngine, registerPolicyMetrics } from '../cascade/policy/index.ts';
 import { loadServingEngine, type ServingEngine } from '../cascade/service/engine.ts';
 import { jsonErrors } from '../cascade/service/kserve.ts';
@@ -79,6 +80,10 @@ export async function buildApp(config: Readonly<GatewayConfig>, deps: GatewayDep
   const logger = deps.logger ?? createLogger({ service: 'gateway', level: config.logLevel });
   const cardPath = config.model ?? modelForTier(await loadRegistry(config.registry), 'gateway').card;
   const token = await cloudToken(config);
+  const tls = readMqttTls(
+    { ca: config.mqttCaFile, cert: config.mqttCertFile, key: config.mqttKeyFile },
+    { ca: 'mqttCaFile', cert: 'mqttCertFile', key: 'mqttKeyFile' },
+  );
   const engine =
     deps.engine ??
     (await loadServingEngine(cardPath, {
@@ -146,6 +151,7 @@ export async function buildApp(config: Readonly<GatewayConfig>, deps: GatewayDep
           clientId: config.clientId,
           username: config.mqttUsername,
           password: config.mqttPassword,
+          tls,
           server,
           card,
           metrics,

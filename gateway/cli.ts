@@ -14,6 +14,9 @@ to the cloud teacher. /metrics, /healthz, /readyz on the HTTP port.
   --broker URL          MQTT broker (mqtt://host:port); unset: HTTP only
   --protocol 4|5        MQTT 3.1.1 (4, default) or 5 (adds message expiry on answers)
   --shared-group NAME   shared subscription group (default cascade-gateways)
+  --mqtt-ca FILE        CA to trust for an mqtts:// broker (PEM; default Node's store)
+  --mqtt-cert FILE      client certificate for mutual TLS (PEM; its CN is the MQTT identity)
+  --mqtt-key FILE       the client certificate's key (PEM)
   --no-shared           plain subscription (the embedded broker has no $share)
   --http-host HOST      default 0.0.0.0
   --http-port N         default 8080 (0 = any free port)
@@ -39,6 +42,9 @@ export async function main(argv: string[]): Promise<void> {
     broker: { type: 'string' },
     protocol: { type: 'string' },
     'shared-group': { type: 'string' },
+    'mqtt-ca': { type: 'string' },
+    'mqtt-cert': { type: 'string' },
+    'mqtt-key': { type: 'string' },
     'no-shared': { type: 'boolean' },
     'http-host': { type: 'string' },
     'http-port': { type: 'string' },
@@ -68,6 +74,9 @@ export async function main(argv: string[]): Promise<void> {
       broker: v.broker,
       protocol: protocol === undefined ? undefined : Number(protocol),
       sharedGroup: v['shared-group'],
+      mqttCaFile: v['mqtt-ca'],
+      mqttCertFile: v['mqtt-cert'],
+      mqttKeyFile: v['mqtt-key'],
       shared: v['no-shared'] ? false : undefined,
       httpHost: v['http-host'],
       httpPort: numberOpt('--http-port', v['http-port'], { integer: true, min: 0, max: 65535 }),

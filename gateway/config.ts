@@ -42,6 +42,11 @@ export const GatewayConfigSchema = Type.Object(
     clientId: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
     mqttUsername: Type.Optional(Type.String()),
     mqttPassword: Type.Optional(Type.String()),
+    /** TLS (mqtts://): CA file to trust for the broker's certificate (PEM); default Node's store. */
+    mqttCaFile: Type.Optional(Type.String({ minLength: 1 })),
+    /** Mutual TLS: the gateway's client certificate and key (PEM); its CN is the MQTT identity. */
+    mqttCertFile: Type.Optional(Type.String({ minLength: 1 })),
+    mqttKeyFile: Type.Optional(Type.String({ minLength: 1 })),
     httpHost: Type.String({ default: '0.0.0.0' }),
     /** HTTP port for KServe v2, /metrics, /healthz, /readyz; 0 picks a free one. */
     httpPort: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),

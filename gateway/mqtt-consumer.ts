@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { IPublishPacket } from 'mqtt';
 import { realScheduler, type Scheduler } from '../cascade/batcher.ts';
-import { MqttConnection } from '../cascade/mqtt.ts';
+import { MqttConnection, type MqttTls } from '../cascade/mqtt.ts';
 import {
   decodeAs,
   encode,
@@ -67,6 +67,8 @@ export interface OffloadConsumerOptions {
   clientId?: string;
   username?: string;
   password?: string;
+  /** TLS: CA, client certificate and key (PEM). */
+  tls?: MqttTls;
   server: FrameServer;
   card: ModelCard;
   metrics: GatewayMetrics;
@@ -104,6 +106,7 @@ export class OffloadConsumer {
       protocolVersion: opts.protocol,
       username: opts.username,
       password: opts.password,
+      ...opts.tls,
       // Per-packet debug calls of mqtt.js: garbage on the hot path, four packets per frame.
       debugLog: false,
     });

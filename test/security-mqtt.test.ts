@@ -60,6 +60,33 @@ function offload(deviceId: string, frameId: number): Buffer {
   });
 }
 
+/** An offload carrying a 28×28 uint8 tensor (what a camera sends without privacy mode). */
+function tensorOffload(deviceId: string, frameId: number): Buffer {
+  return encode({
+    kind: 'offload',
+    deviceId,
+    frameId,
+    captureTime: Date.now(),
+    budgetLeftMs: 5000,
+    modelVersion: 'test',
+    topk: [{ label: 1, prob: 0.4 }],
+    trace: newTrace(randomBytes),
+    contentType: 'tensorU8',
+    tensor: {
+      layout: 'NCHW',
+      channels: 1,
+      height: 28,
+      width: 28,
+      scale: 1 / 255,
+      zeroPoint: 0,
+      mean: [0],
+      std: [1],
+    },
+    privacy: false,
+    payload: new Uint8Array(28 * 28).fill(90),
+  });
+}
+
 function answer(deviceId: string, frameId: number): Buffer {
   return encode({
     kind: 'answer',
@@ -299,6 +326,51 @@ describe('MQTT security with the shipped Mosquitto config and ACL', { skip: miss
     await assert.rejects(attempt(broker.port2, {}), 'anonymous');
     await assert.rejects(attempt(broker.port2, { username: 'cam-z', password: 's3cret-p' }), 'unknown user');
   });
+  it('gateway process over mutual TLS: its certificate (CN cascade-gateway) is its identity; it answers a device', async () => {
+    const gw = await startGateway({
+      broker: `mqtts://localhost:${broker.port}`,
+      name: 'gateway-mtls',
+      args: [
+        '--shared-group',
+        'mtls',
+        '--mqtt-ca',
+        join(certs, 'ca.crt'),
+        '--mqtt-cert',
+        join(certs, 'cascade-gateway.crt'),
+        '--mqtt-key',
+        join(certs, 'cascade-gateway.key'),
+      ],
+    });
+    open.push({ close: async () => void (await gw.stop()) });
+    const b = await device('cam-b');
+    const seen = collect(b.client);
+    await b.client.subscribeAsync(Topics.answer('cam-b'), { qos: 1 });
+    await b.client.publishAsync(Topics.offload('cam-b'), tensorOffload('cam-b', 51), { qos: 1 });
+    await until('the answer over mTLS', () => seen.some((m) => m.frameId === 51), 15_000);
+    assert.equal(sumMetric(await gw.metrics(), 'cascade_gateway_requests_total', ['transport="mqtt"']), 1);
+    // Another shared group would get the next test's offloads too.
+    await gw.stop();
+  });
+
+  it('gateway refuses to start with a certificate but no key, or an unreadable CA, naming the key', async () => {
+    for (const [args, expected] of [
+      [['--mqtt-cert', join(certs, 'cascade-gateway.crt')], /mqttCertFile is set but mqttKeyFile is not/],
+      [
+        ['--mqtt-ca', join(certs, 'no-such-ca.crt')],
+        /mqttCaFile .*no-such-ca\.crt: cannot read it \(ENOENT\)/,
+      ],
+    ] as const) {
+      await assert.rejects(
+        startGateway({
+          broker: `mqtts://localhost:${broker.port}`,
+          name: 'gateway-bad-tls',
+          args: [...args],
+        }),
+        expected,
+      );
+    }
+  });
+
   it('gateway process as deployed (password listener, NODE_EXTRA_CA_CERTS): rejects an envelope naming another device on a device’s own topic', async () => {
     // What the ACL cannot see: cam-a may publish on its own topic, but the envelope inside claims
     // to be cam-b. The gateway checks the envelope against the topic (reject reason `topic`)
@@ -320,29 +392,7 @@ describe('MQTT security with the shipped Mosquitto config and ACL', { skip: miss
     const seenB = collect(b.client);
     await a.client.subscribeAsync(Topics.answer('cam-a'), { qos: 1 });
     await b.client.subscribeAsync(Topics.answer('cam-b'), { qos: 1 });
-    const tensor = encode({
-      kind: 'offload',
-      deviceId: 'cam-a',
-      frameId: 41,
-      captureTime: Date.now(),
-      budgetLeftMs: 5000,
-      modelVersion: 'test',
-      topk: [{ label: 1, prob: 0.4 }],
-      trace: newTrace(randomBytes),
-      contentType: 'tensorU8',
-      tensor: {
-        layout: 'NCHW',
-        channels: 1,
-        height: 28,
-        width: 28,
-        scale: 1 / 255,
-        zeroPoint: 0,
-        mean: [0],
-        std: [1],
-      },
-      privacy: false,
-      payload: new Uint8Array(28 * 28).fill(90),
-    });
+    const tensor = tensorOffload('cam-a', 41);
     const spoof = Buffer.from(tensor);
     // Same envelope with the device id rewritten to cam-b (same length, so no re-encoding).
     spoof.write('cam-b', spoof.indexOf('cam-a'), 'utf8');

@@ -82,7 +82,6 @@ export class OffloadConsumer {
   readonly #topic: string;
   readonly #inflight = new InFlight();
   readonly #sched: Scheduler;
-  #accepting = true;
   #closed = false;
   /** The socket corked by {@link #cork}, until {@link #flush}. */
   #corked: Partial<Socket> | undefined;
@@ -145,9 +144,12 @@ export class OffloadConsumer {
     if (granted.some((g) => g.qos === 128)) throw new Error(`MQTT: subscription to ${this.#topic} refused`);
   }
 
-  /** Stops taking new frames: unsubscribes so the broker sends them to the other replicas. */
+  /**
+   * Stops taking new frames: unsubscribes so the broker sends them to the other replicas. Frames
+   * that arrive before the UNSUBACK were acknowledged to the broker, so they are served and
+   * answered like any other (drain waits for them), never dropped.
+   */
   async stopIntake(): Promise<void> {
-    this.#accepting = false;
     if (this.#conn.connected) {
       let timer: NodeJS.Timeout | undefined;
       try {
@@ -177,7 +179,6 @@ export class OffloadConsumer {
   async close(timeoutMs = 2000): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#accepting = false;
     this.#flush();
     let timer: NodeJS.Timeout | undefined;
     const clean = this.#conn.close().then(() => true);
@@ -235,7 +236,6 @@ export class OffloadConsumer {
     if (packet.qos > 0) this.#cork('ack');
     m.received.inc({ transport: 'mqtt' }, payload.length);
     const arrived = this.#sched.now();
-    if (!this.#accepting) return;
     const device = Topics.deviceOf(topic, 'offload');
     if (device === undefined || !isValidDeviceId(device)) {
       this.#reject('topic', `topic ${topic}`);

@@ -22,30 +22,27 @@ import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 
+/**
+ * The kernel's arguments, in order: source pixels, output tensor, the resampling tables (x and y
+ * source indices and weights) and the packed integer and float parameters (native/preprocess.ts).
+ */
+export type KernelJob = [
+  src: Uint8Array,
+  out: Float32Array | Uint8Array | Int8Array,
+  xIdx: Int32Array,
+  xW: Int32Array,
+  yIdx: Int32Array,
+  yW: Int32Array,
+  ints: Int32Array,
+  floats: Float64Array,
+];
+
 /** Surface of cascade_native.node (native/src/addon.cc). */
 export interface PreprocessBinding {
   /** [sync] Runs the kernel on the calling thread. @throws {TypeError|RangeError} code NATIVE_ERR_INVALID_ARG. */
-  preprocessSync(
-    src: Uint8Array,
-    out: Float32Array | Uint8Array | Int8Array,
-    xIdx: Int32Array,
-    xW: Int32Array,
-    yIdx: Int32Array,
-    yW: Int32Array,
-    ints: Int32Array,
-    floats: Float64Array,
-  ): void;
+  preprocessSync(...job: KernelJob): void;
   /** [async] Same, on the libuv thread pool; the buffers must not be transferred until it settles. */
-  preprocess(
-    src: Uint8Array,
-    out: Float32Array | Uint8Array | Int8Array,
-    xIdx: Int32Array,
-    xW: Int32Array,
-    yIdx: Int32Array,
-    yW: Int32Array,
-    ints: Int32Array,
-    floats: Float64Array,
-  ): Promise<void>;
+  preprocess(...job: KernelJob): Promise<void>;
   /**
    * A persistent preprocessing thread with a synchronous hand-off (native/src/preprocess-thread.h).
    * Absent from binaries built before it existed: callers fall back to {@link preprocess}.
@@ -70,16 +67,7 @@ export interface PreprocessThreadHandle {
    * @throws {TypeError|RangeError} code NATIVE_ERR_INVALID_ARG for a bad job (nothing started).
    * @throws {Error} while a job runs, or after `close()`.
    */
-  start(
-    src: Uint8Array,
-    out: Float32Array | Uint8Array | Int8Array,
-    xIdx: Int32Array,
-    xW: Int32Array,
-    yIdx: Int32Array,
-    yW: Int32Array,
-    ints: Int32Array,
-    floats: Float64Array,
-  ): void;
+  start(...job: KernelJob): void;
   /**
    * [sync] Blocks the calling thread until the job is done (spinning first), then writes the
    * constructor's stats array (no return value: a returned double would be a heap allocation per

@@ -14,7 +14,7 @@ import Fastify, {
 } from 'fastify';
 import { DeadlineBatcher, realScheduler, type Scheduler } from '../cascade/batcher.ts';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
-import { loadServingEngine, rowOf, type ServingEngine } from '../cascade/service/engine.ts';
+import { rowOf, type ServingEngine } from '../cascade/service/engine.ts';
 import {
   type InferReply,
   type InferRequest,
@@ -24,10 +24,10 @@ import {
 } from '../cascade/service/kserve.ts';
 import { createLogger, type Logger } from '../cascade/service/log.ts';
 import { closeGracefully, opsRoutes } from '../cascade/service/ops.ts';
+import { loadConfiguredEngine } from '../cascade/service/serving.ts';
 import { GracefulShutdown, type ShutdownReport } from '../cascade/service/shutdown.ts';
 import { traceFromHeaders } from '../cascade/service/trace.ts';
 import type { ModelCard } from '../models/card.ts';
-import { loadRegistry, modelForTier } from '../models/registry.ts';
 import type { CloudConfig } from './config.ts';
 import { type HardExample, HardExampleLog } from './hard-examples.ts';
 import { type CloudMetrics, cloudMetrics } from './metrics.ts';
@@ -112,17 +112,7 @@ function intParam(v: unknown): number | undefined {
 export async function buildCloudApp(config: Readonly<CloudConfig>, deps: CloudDeps = {}): Promise<CloudApp> {
   const logger = deps.logger ?? createLogger({ service: 'cloud', level: config.logLevel });
   const digest = await loadToken(config);
-  const cardPath = config.model ?? modelForTier(await loadRegistry(config.registry), 'cloud').card;
-  const engine =
-    deps.engine ??
-    (await loadServingEngine(cardPath, {
-      thread: config.engineThread,
-      engines: config.engines ? [...config.engines] : undefined,
-      intraOpThreads: config.intraOpThreads,
-      workers: config.concurrency,
-      maxBatch: config.maxBatch,
-      logger,
-    }));
+  const engine = deps.engine ?? (await loadConfiguredEngine(config, 'cloud', logger));
   const card = engine.card;
   const sched = deps.scheduler ?? realScheduler;
   const metrics = cloudMetrics({ defaultMetrics: deps.defaultMetrics });

@@ -6,6 +6,7 @@
 import { type Static, Type } from '@sinclair/typebox';
 import { type ConfigSources, loadConfig } from '../cascade/service/config.ts';
 import { LOG_LEVELS } from '../cascade/service/log.ts';
+import { ServingConfigProperties } from '../cascade/service/serving.ts';
 
 /** Prefix of the cloud's environment variables. */
 export const CLOUD_ENV_PREFIX = 'CASCADE_CLOUD_';
@@ -42,18 +43,7 @@ export const CloudConfigSchema = Type.Object(
     auth: Type.Boolean({ default: true }),
     token: Type.Optional(Type.String({ minLength: 8 })),
     tokenFile: Type.Optional(Type.String({ minLength: 1 })),
-    /** Teacher card; default the registry's cloud model. */
-    model: Type.Optional(Type.String({ minLength: 1 })),
-    registry: Type.Optional(Type.String({ minLength: 1 })),
-    /** Inference backends to try, in order (models/engines.ts names: 'tensorrt-native', 'ort-tensorrt', 'ort-cuda', 'ort-cpu'); default all by priority. */
-    engines: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })),
-    /** Run the model in a worker thread (I/O and inference overlap) or on the main thread. */
-    engineThread: Type.Union([Type.Literal('worker'), Type.Literal('main')], { default: 'worker' }),
-    intraOpThreads: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
-    concurrency: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
-    maxBatch: Type.Integer({ minimum: 1, maximum: 256, default: 32 }),
-    maxDelayMs: Type.Number({ minimum: 0, maximum: 1000, default: 2 }),
-    maxQueue: Type.Integer({ minimum: 1, default: 4096 }),
+    ...ServingConfigProperties,
     /** Budget of requests without `parameters.budget_ms`. */
     defaultBudgetMs: Type.Number({ exclusiveMinimum: 0, default: 1000 }),
     hardExamples: HardExamples,

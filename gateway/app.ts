@@ -11,13 +11,13 @@ import type { Scheduler } from '../cascade/batcher.ts';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 import { readMqttTls } from '../cascade/mqtt.ts';
 import { type PolicyConfigPatch, PolicyEngine, registerPolicyMetrics } from '../cascade/policy/index.ts';
-import { loadServingEngine, type ServingEngine } from '../cascade/service/engine.ts';
+import type { ServingEngine } from '../cascade/service/engine.ts';
 import { jsonErrors } from '../cascade/service/kserve.ts';
 import { createLogger, type Logger } from '../cascade/service/log.ts';
 import { closeGracefully, opsRoutes } from '../cascade/service/ops.ts';
+import { loadConfiguredEngine } from '../cascade/service/serving.ts';
 import { GracefulShutdown, type ShutdownReport } from '../cascade/service/shutdown.ts';
 import type { ModelCard } from '../models/card.ts';
-import { loadRegistry, modelForTier } from '../models/registry.ts';
 import { CloudClient } from './cloud-client.ts';
 import type { GatewayConfig } from './config.ts';
 import { FrameServer } from './frame-server.ts';
@@ -78,22 +78,12 @@ async function cloudToken(config: Readonly<GatewayConfig>): Promise<string | und
  */
 export async function buildApp(config: Readonly<GatewayConfig>, deps: GatewayDeps = {}): Promise<GatewayApp> {
   const logger = deps.logger ?? createLogger({ service: 'gateway', level: config.logLevel });
-  const cardPath = config.model ?? modelForTier(await loadRegistry(config.registry), 'gateway').card;
   const token = await cloudToken(config);
   const tls = readMqttTls(
     { ca: config.mqttCaFile, cert: config.mqttCertFile, key: config.mqttKeyFile },
     { ca: 'mqttCaFile', cert: 'mqttCertFile', key: 'mqttKeyFile' },
   );
-  const engine =
-    deps.engine ??
-    (await loadServingEngine(cardPath, {
-      thread: config.engineThread,
-      engines: config.engines ? [...config.engines] : undefined,
-      intraOpThreads: config.intraOpThreads,
-      workers: config.concurrency,
-      maxBatch: config.maxBatch,
-      logger,
-    }));
+  const engine = deps.engine ?? (await loadConfiguredEngine(config, 'gateway', logger));
   const card = engine.card;
   const now = deps.scheduler ? () => deps.scheduler!.now() : () => performance.now();
   const metrics = gatewayMetrics({ defaultMetrics: deps.defaultMetrics });

@@ -7,6 +7,7 @@
 import { type Static, Type } from '@sinclair/typebox';
 import { type ConfigSources, loadConfig } from '../cascade/service/config.ts';
 import { LOG_LEVELS } from '../cascade/service/log.ts';
+import { ServingConfigProperties } from '../cascade/service/serving.ts';
 
 /** Prefix of the gateway's environment variables. */
 export const GATEWAY_ENV_PREFIX = 'CASCADE_GATEWAY_';
@@ -54,20 +55,7 @@ export const GatewayConfigSchema = Type.Object(
     bodyLimitBytes: Type.Integer({ minimum: 1024, default: 4 * 1024 * 1024 }),
     /** HTTP requests per minute per client address (429 with Retry-After beyond); 0: no limit. */
     rateLimitPerMinute: Type.Integer({ minimum: 0, default: 12_000 }),
-    /** Model card path; default the registry's gateway model. */
-    model: Type.Optional(Type.String({ minLength: 1 })),
-    /** Registry file; default models/registry.json. */
-    registry: Type.Optional(Type.String({ minLength: 1 })),
-    /** Inference backends to try, in order (models/engines.ts names: 'tensorrt-native', 'ort-tensorrt', 'ort-cuda', 'ort-cpu'); default all by priority. */
-    engines: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })),
-    /** Run the model in a worker thread (I/O and inference overlap) or on the main thread. */
-    engineThread: Type.Union([Type.Literal('worker'), Type.Literal('main')], { default: 'worker' }),
-    intraOpThreads: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
-    /** Engine sessions running batches at the same time. */
-    concurrency: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
-    maxBatch: Type.Integer({ minimum: 1, maximum: 256, default: 32 }),
-    maxDelayMs: Type.Number({ minimum: 0, maximum: 1000, default: 2 }),
-    maxQueue: Type.Integer({ minimum: 1, default: 4096 }),
+    ...ServingConfigProperties,
     /** Budget of HTTP requests that do not set `parameters.budget_ms`. */
     defaultBudgetMs: Type.Number({ exclusiveMinimum: 0, default: 50 }),
     /** Top-k classes in each answer. */

@@ -4,6 +4,7 @@
  * broker, once the first subscription is in place; a broker that is down at start is retried in
  * the background (readiness stays false until it connects).
  */
+import { listenUntilShutdown } from '../cascade/service/ops.ts';
 import { buildApp, type GatewayDeps } from './app.ts';
 import type { GatewayConfig } from './config.ts';
 
@@ -11,16 +12,7 @@ import type { GatewayConfig } from './config.ts';
 export async function runGateway(config: Readonly<GatewayConfig>, deps: GatewayDeps = {}): Promise<void> {
   const app = await buildApp(config, deps);
   const log = app.logger;
-  const done = new Promise<void>((resolve) => {
-    app.shutdown.installSignals(process, (report) => {
-      if (report.failed.length > 0) process.exitCode = 1;
-      resolve();
-    });
-  });
-  await app.http.listen({ host: config.httpHost, port: config.httpPort });
-  const address = app.http.server.address();
-  const port = typeof address === 'object' && address !== null ? address.port : config.httpPort;
-  const host = config.httpHost === '0.0.0.0' ? '127.0.0.1' : config.httpHost;
+  const { httpUrl, done } = await listenUntilShutdown(app, config.httpHost, config.httpPort);
   try {
     await app.start();
   } catch (err) {
@@ -31,7 +23,7 @@ export async function runGateway(config: Readonly<GatewayConfig>, deps: GatewayD
   }
   log.info(
     {
-      httpUrl: `http://${host}:${port}`,
+      httpUrl,
       broker: config.broker ?? null,
       topic: app.consumer?.topic ?? null,
       cloud: config.cloud.url ?? null,

@@ -5,6 +5,7 @@
  */
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import type { Registry } from 'prom-client';
+import type { GracefulShutdown } from './shutdown.ts';
 
 /** What a readiness check reports. */
 export interface Readiness {
@@ -55,4 +56,32 @@ export async function closeGracefully(app: FastifyInstance, pollMs = 25): Promis
   } finally {
     clearInterval(timer);
   }
+}
+
+/** A service as {@link listenUntilShutdown} runs it. */
+export interface ListeningService {
+  readonly http: FastifyInstance;
+  readonly shutdown: GracefulShutdown;
+}
+
+/**
+ * Installs the SIGTERM/SIGINT handlers (a failed shutdown step sets exit code 1), then listens.
+ * @returns the URL a client on this host reaches (`0.0.0.0` becomes 127.0.0.1; port 0 resolved)
+ *   and a promise that resolves once a signal's shutdown has finished.
+ */
+export async function listenUntilShutdown(
+  app: ListeningService,
+  host: string,
+  port: number,
+): Promise<{ httpUrl: string; done: Promise<void> }> {
+  const done = new Promise<void>((resolve) => {
+    app.shutdown.installSignals(process, (report) => {
+      if (report.failed.length > 0) process.exitCode = 1;
+      resolve();
+    });
+  });
+  await app.http.listen({ host, port });
+  const address = app.http.server.address();
+  const bound = typeof address === 'object' && address !== null ? address.port : port;
+  return { httpUrl: `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${bound}`, done };
 }

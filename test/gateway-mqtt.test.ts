@@ -199,6 +199,50 @@ describe('gateway over the embedded broker (aedes, MQTT 3.1.1, plain subscriptio
     }
   });
 
+  it('answers every frame it took after intake stopped (delivered before the UNSUBACK), dropping none', async () => {
+    const broker = await startEmbeddedBroker();
+    const app = await gateway(broker.url);
+    const dev = await device(broker.url, 'cam-stop');
+    try {
+      const n = 300;
+      const frames = Array.from({ length: n }, (_, i) =>
+        tensorOffloadBytes('cam-stop', i, image(i % 100), 5000),
+      );
+      // Intake stops at the first answer, while most frames are still on their way to the gateway.
+      let stopped: Promise<void> | undefined;
+      let answeredAtStop = 0;
+      dev.conn.client.once('message', () => {
+        answeredAtStop = dev.answers.size;
+        stopped = app.consumer?.stopIntake();
+      });
+      await Promise.all(frames.map((f) => dev.publish(f)));
+      await until('intake stopped', () => stopped !== undefined);
+      await stopped;
+      await app.consumer?.drain();
+      const bytes = await metricValue(app.metrics.registry, 'cascade_gateway_received_bytes_total', {
+        transport: 'mqtt',
+      });
+      const taken = Math.round(bytes / frames[0].length);
+      assert.ok(
+        taken > answeredAtStop + 1,
+        `frames arrived after intake stopped (${taken} taken, ${answeredAtStop} answered then)`,
+      );
+      await dev.waitFor(taken, 10_000);
+      assert.equal(dev.answers.size, taken, 'every frame taken is answered');
+      assert.equal(
+        await metricValue(app.metrics.registry, 'cascade_gateway_requests_total', {
+          transport: 'mqtt',
+          status: 'ok',
+        }),
+        taken,
+      );
+    } finally {
+      await dev.conn.close(true);
+      await app.close();
+      await broker.close();
+    }
+  });
+
   it('survives 5,000 random and mutated messages, counting every one', async () => {
     const broker = await startEmbeddedBroker();
     const app = await gateway(broker.url, { maxQueue: 100_000 });

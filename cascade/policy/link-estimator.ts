@@ -13,7 +13,7 @@
  * unknown again.
  */
 import type { EstimatorConfig } from './config.ts';
-import { RobustEwma } from './robust-ewma.ts';
+import { ewmaOptions, RobustEwma } from './robust-ewma.ts';
 
 /** Ratio of standard deviation to mean absolute deviation for a normal distribution. */
 export const SD_PER_MAD = Math.sqrt(Math.PI / 2);
@@ -40,20 +40,6 @@ export interface LinkEstimate {
 interface RttSample {
   at: number;
   ms: number;
-}
-
-function ewmaOptions(c: EstimatorConfig) {
-  return {
-    alpha: c.alpha,
-    beta: c.beta,
-    outlierK: c.outlierK,
-    changeCount: c.changeCount,
-    changeWindowMs: c.changeWindowMs,
-    minDeviation: c.minDeviationMs,
-    minDeviationRatio: c.minDeviationRatio,
-    restoreWindowMs: c.restoreWindowMs,
-    halfLifeMs: c.halfLifeMs,
-  };
 }
 
 /** Bandwidth of a per-kB transfer time: 8000 bit in `msPerKB` ms. */

@@ -5,7 +5,7 @@
  */
 import type { EstimatorConfig } from './config.ts';
 import { SD_PER_MAD } from './link-estimator.ts';
-import { RobustEwma } from './robust-ewma.ts';
+import { ewmaOptions, RobustEwma } from './robust-ewma.ts';
 
 /** A point-in-time view of the next tier's load. */
 export interface LoadEstimate {
@@ -16,20 +16,6 @@ export interface LoadEstimate {
   /** Service (inference) time at the remote: mean and standard deviation, ms. */
   serviceMs: number;
   serviceSdMs: number;
-}
-
-function ewmaOptions(c: EstimatorConfig) {
-  return {
-    alpha: c.alpha,
-    beta: c.beta,
-    outlierK: c.outlierK,
-    changeCount: c.changeCount,
-    changeWindowMs: c.changeWindowMs,
-    minDeviation: c.minDeviationMs,
-    minDeviationRatio: c.minDeviationRatio,
-    restoreWindowMs: c.restoreWindowMs,
-    halfLifeMs: c.halfLifeMs,
-  };
 }
 
 export class LoadEstimator {

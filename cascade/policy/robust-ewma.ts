@@ -10,6 +10,8 @@
  * inside the old band restores the old level at once. Pure: times come from the caller.
  */
 
+import type { EstimatorConfig } from './config.ts';
+
 /** Settings of a {@link RobustEwma}; see PolicyConfig.estimator for the defaults. */
 export interface RobustEwmaOptions {
   alpha: number;
@@ -31,6 +33,21 @@ export interface RobustEwmaOptions {
    * (the disturbance is over), for this long after the step; 0 disables.
    */
   restoreWindowMs: number;
+}
+
+/** The {@link RobustEwma} settings of the policy's estimator config (shared by every estimator). */
+export function ewmaOptions(c: EstimatorConfig): RobustEwmaOptions {
+  return {
+    alpha: c.alpha,
+    beta: c.beta,
+    outlierK: c.outlierK,
+    changeCount: c.changeCount,
+    changeWindowMs: c.changeWindowMs,
+    minDeviation: c.minDeviationMs,
+    minDeviationRatio: c.minDeviationRatio,
+    restoreWindowMs: c.restoreWindowMs,
+    halfLifeMs: c.halfLifeMs,
+  };
 }
 
 /** What {@link RobustEwma.update} did with a sample. */

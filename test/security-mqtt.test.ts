@@ -16,6 +16,7 @@ import { startGateway, sumMetric } from '../bench/load/gateways.ts';
 import { type MosquittoBroker, mosquittoPath, startMosquitto, toolPath } from '../bench/load/mosquitto.ts';
 import { MqttConnection } from '../cascade/mqtt.ts';
 import { decode, encode, newTrace, Topics } from '../cascade/protocol.ts';
+import { tensorOffloadBytes } from './fixtures/offloads.ts';
 
 const deployDir = fileURLToPath(new URL('../deploy/mosquitto/', import.meta.url));
 const SHIPPED_CONF = join(deployDir, 'mosquitto.conf');
@@ -60,32 +61,8 @@ function offload(deviceId: string, frameId: number): Buffer {
   });
 }
 
-/** An offload carrying a 28×28 uint8 tensor (what a camera sends without privacy mode). */
-function tensorOffload(deviceId: string, frameId: number): Buffer {
-  return encode({
-    kind: 'offload',
-    deviceId,
-    frameId,
-    captureTime: Date.now(),
-    budgetLeftMs: 5000,
-    modelVersion: 'test',
-    topk: [{ label: 1, prob: 0.4 }],
-    trace: newTrace(randomBytes),
-    contentType: 'tensorU8',
-    tensor: {
-      layout: 'NCHW',
-      channels: 1,
-      height: 28,
-      width: 28,
-      scale: 1 / 255,
-      zeroPoint: 0,
-      mean: [0],
-      std: [1],
-    },
-    privacy: false,
-    payload: new Uint8Array(28 * 28).fill(90),
-  });
-}
+/** A uniform grey 28×28 image for tensor offloads. */
+const GREY = new Uint8Array(28 * 28).fill(90);
 
 function answer(deviceId: string, frameId: number): Buffer {
   return encode({
@@ -345,7 +322,9 @@ describe('MQTT security with the shipped Mosquitto config and ACL', { skip: miss
     const b = await device('cam-b');
     const seen = collect(b.client);
     await b.client.subscribeAsync(Topics.answer('cam-b'), { qos: 1 });
-    await b.client.publishAsync(Topics.offload('cam-b'), tensorOffload('cam-b', 51), { qos: 1 });
+    await b.client.publishAsync(Topics.offload('cam-b'), tensorOffloadBytes('cam-b', 51, GREY, 5000), {
+      qos: 1,
+    });
     await until('the answer over mTLS', () => seen.some((m) => m.frameId === 51), 15_000);
     assert.equal(sumMetric(await gw.metrics(), 'cascade_gateway_requests_total', ['transport="mqtt"']), 1);
     // Another shared group would get the next test's offloads too.
@@ -392,7 +371,7 @@ describe('MQTT security with the shipped Mosquitto config and ACL', { skip: miss
     const seenB = collect(b.client);
     await a.client.subscribeAsync(Topics.answer('cam-a'), { qos: 1 });
     await b.client.subscribeAsync(Topics.answer('cam-b'), { qos: 1 });
-    const tensor = tensorOffload('cam-a', 41);
+    const tensor = tensorOffloadBytes('cam-a', 41, GREY, 5000);
     const spoof = Buffer.from(tensor);
     // Same envelope with the device id rewritten to cam-b (same length, so no re-encoding).
     spoof.write('cam-b', spoof.indexOf('cam-a'), 'utf8');

@@ -4,7 +4,7 @@
  *
  *   npm run bench:gateway -- [--json] [--budget-ms 50] [--duration-s 3] [--trials 3]
  *                             [--max-batch 32] [--max-delay-ms 2] [--resolution 0.05]
- *                             [--broker mqtt://…] [--qos 0|1]
+ *                             [--broker mqtt://…] [--qos 0|1] [--concurrency 1]
  *
  * Set-up: a Mosquitto broker (spawned on a free loopback port unless --broker is given), one
  * `cascade gateway` child process (one engine session, one ONNX Runtime thread) and this process
@@ -22,7 +22,8 @@
  * are reported:
  * {"batchedThroughput","batch1Throughput","p99Ms","budgetMs","unanswered", …} (throughput =
  * ok answers per second; p99Ms = the batched mode's; unanswered = frames without any answer in
- * all final trials). Throughput depends on how many cores are free: run it pinned
+ * all final trials). `--concurrency N` gives the gateway N engine workers (batches running at
+ * once) in both modes. Throughput depends on how many cores are free: run it pinned
  * (`taskset -c 0,1 npm run bench:gateway`) and report the machine's load with the numbers.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -106,7 +107,12 @@ async function startMosquitto(): Promise<{ url: string; pid: number | undefined;
   };
 }
 
-async function startGateway(broker: string, maxBatch: number, maxDelayMs: number): Promise<ChildProcess> {
+async function startGateway(
+  broker: string,
+  maxBatch: number,
+  maxDelayMs: number,
+  concurrency: number,
+): Promise<ChildProcess> {
   const args = [
     BIN,
     'gateway',
@@ -120,6 +126,8 @@ async function startGateway(broker: string, maxBatch: number, maxDelayMs: number
     String(maxBatch),
     '--max-delay-ms',
     String(maxDelayMs),
+    '--concurrency',
+    String(concurrency),
     '--log-level',
     'info',
   ];
@@ -333,6 +341,8 @@ async function measureMode(
     budgetMs: number;
     durationS: number;
     trials: number;
+    /** Engine workers (batches running at once), the same in both modes. */
+    concurrency: number;
     /** Bisect until the first failing rate is within this fraction of the last passing one. */
     resolution: number;
     qos: 0 | 1;
@@ -340,7 +350,7 @@ async function measureMode(
     log: (s: string) => void;
   },
 ): Promise<ModeResult> {
-  const gw = await startGateway(broker, o.maxBatch, o.maxDelayMs);
+  const gw = await startGateway(broker, o.maxBatch, o.maxDelayMs, o.concurrency);
   try {
     // Warm the gateway (JIT, engine first runs) before measuring.
     await gen.run(env, 500, 1, o.budgetMs, o.qos);
@@ -427,6 +437,7 @@ async function main(argv: string[]): Promise<void> {
     resolution: { type: 'string' },
     broker: { type: 'string' },
     qos: { type: 'string' },
+    concurrency: { type: 'string' },
   });
   const budgetMs = numberOpt('--budget-ms', v['budget-ms'], { min: 1 }) ?? 50;
   const durationS = numberOpt('--duration-s', v['duration-s'], { min: 0.5 }) ?? 3;
@@ -434,6 +445,7 @@ async function main(argv: string[]): Promise<void> {
   const maxBatch = numberOpt('--max-batch', v['max-batch'], { integer: true, min: 2 }) ?? 32;
   const maxDelayMs = numberOpt('--max-delay-ms', v['max-delay-ms'], { min: 0 }) ?? 2;
   const resolution = numberOpt('--resolution', v.resolution, { min: 0.005, max: 0.25 }) ?? 0.05;
+  const concurrency = numberOpt('--concurrency', v.concurrency, { integer: true, min: 1, max: 64 }) ?? 1;
   const qos = Number(choiceOpt('--qos', v.qos, ['0', '1'] as const) ?? '1') as 0 | 1;
   const log = (s: string): void => {
     process.stderr.write(`${s}\n`);
@@ -448,7 +460,7 @@ async function main(argv: string[]): Promise<void> {
   const gen = new Generator(broker);
   try {
     await gen.start();
-    const common = { budgetMs, durationS, trials, resolution, qos, log, brokerPid: mosq?.pid };
+    const common = { budgetMs, durationS, trials, resolution, qos, concurrency, log, brokerPid: mosq?.pid };
     log(`bench:gateway over MQTT (${broker}), budget ${budgetMs} ms, load ${loadavg()[0].toFixed(2)}`);
     const one = await measureMode(broker, gen, env, { ...common, maxBatch: 1, maxDelayMs: 0 });
     const many = await measureMode(broker, gen, env, { ...common, maxBatch, maxDelayMs });
@@ -466,6 +478,7 @@ async function main(argv: string[]): Promise<void> {
       qos,
       maxBatch,
       maxDelayMs,
+      concurrency,
       trials,
       durationS,
       cpus: cpus().length,

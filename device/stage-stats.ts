@@ -70,6 +70,19 @@ export class StageStats {
     return v.length % 2 === 1 ? v[m] : (v[m - 1] + v[m]) / 2;
   }
 
+  /**
+   * Mean of the kept history of a stage (NaN when none); needs `history` > 0. Throughput is a
+   * mean (frames / time), so bounds on it come from mean stage times, not medians.
+   */
+  mean(stage: Stage, from = 0): number {
+    const h = this.#history;
+    const n = this.#historyN[stage] - from;
+    if (h === null || n <= 0) return Number.NaN;
+    let sum = 0;
+    for (let i = from; i < this.#historyN[stage]; i++) sum += h[stage][i];
+    return sum / n;
+  }
+
   /** Samples kept in the history of a stage. */
   count(stage: Stage): number {
     return this.#historyN[stage];

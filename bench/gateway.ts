@@ -22,7 +22,10 @@
  * are reported:
  * {"batchedThroughput","batch1Throughput","p99Ms","budgetMs","unanswered", …} (throughput =
  * ok answers per second; p99Ms = the batched mode's; unanswered = frames without any answer in
- * all final trials). `--concurrency N` gives the gateway N engine workers (batches running at
+ * all final trials). Before the gateway starts, the gateway model alone is timed at batch 1 and
+ * at the max batch (`engineUsPerImage`, one thread): batching can only save what batch-1 serving
+ * spends outside the model, so `ratioCeiling` = 10⁶ / (batched µs per image) × engine threads /
+ * batch-1 throughput is the most the ratio can be on this CPU. `--concurrency N` gives the gateway N engine workers (batches running at
  * once) in both modes. Throughput depends on how many cores are free: run it pinned
  * (`taskset -c 0,1 npm run bench:gateway`) and report the machine's load with the numbers.
  */
@@ -39,6 +42,7 @@ import { decode, encode, type OffloadMessage, Topics } from '../cascade/protocol
 import type { ModelCard } from '../models/card.ts';
 import { loadBundledSample } from '../models/data/load.ts';
 import { loadRegistry, modelForTier } from '../models/registry.ts';
+import { OnnxClassifier } from '../models/runtime.ts';
 
 const BIN = fileURLToPath(new URL('../cascade/bin.mjs', import.meta.url));
 const MOSQUITTO = '/usr/sbin/mosquitto';
@@ -318,6 +322,34 @@ class Generator {
   }
 }
 
+/**
+ * The gateway model's own cost per image, µs, at batch 1 and at `maxBatch` (one ONNX Runtime
+ * thread, in this process, before any gateway runs): dynamic batching can at best save what
+ * batch-1 serving spends outside the model, so 10⁶ / (batched cost) per engine thread bounds the
+ * batched rate whatever the serving code does.
+ */
+async function engineCost(cardPath: string, maxBatch: number): Promise<{ batch1: number; batched: number }> {
+  const model = await OnnxClassifier.load(cardPath, { intraOpThreads: 1 });
+  try {
+    const perImage = async (n: number): Promise<number> => {
+      const buffers = model.createBuffers(n);
+      for (let i = 0; i < buffers.input.length; i++) buffers.input[i] = (i % 255) / 255;
+      for (let i = 0; i < 20; i++) await model.runInto(buffers);
+      const runs = Math.max(10, Math.ceil(1000 / n));
+      const rounds: number[] = [];
+      for (let r = 0; r < 5; r++) {
+        const t0 = performance.now();
+        for (let i = 0; i < runs; i++) await model.runInto(buffers);
+        rounds.push(((performance.now() - t0) * 1000) / (runs * n));
+      }
+      return median(rounds);
+    };
+    return { batch1: await perImage(1), batched: await perImage(maxBatch) };
+  } finally {
+    await model.dispose();
+  }
+}
+
 interface ModeResult {
   throughput: number;
   cpuUsPerFrame: CpuPerFrame;
@@ -450,9 +482,9 @@ async function main(argv: string[]): Promise<void> {
   const log = (s: string): void => {
     process.stderr.write(`${s}\n`);
   };
-  const card = JSON.parse(
-    await readFile(modelForTier(await loadRegistry(), 'device').card, 'utf8'),
-  ) as ModelCard;
+  const registry = await loadRegistry();
+  const card = JSON.parse(await readFile(modelForTier(registry, 'device').card, 'utf8')) as ModelCard;
+  const engine = await engineCost(modelForTier(registry, 'gateway').card, maxBatch);
   const data = await loadBundledSample();
   const env = envelopes(card, data.images, 512, budgetMs);
   const mosq = v.broker === undefined ? await startMosquitto() : undefined;
@@ -491,6 +523,10 @@ async function main(argv: string[]): Promise<void> {
         batched: [Math.round(many.rate), many.failRate === undefined ? null : Math.round(many.failRate)],
       },
       resolution,
+      /** The gateway model alone, µs per image (one thread): at batch 1 and at the max batch. */
+      engineUsPerImage: { batch1: Math.round(engine.batch1), batched: Math.round(engine.batched) },
+      /** What batching could reach over batch-1 serving if nothing but the model cost anything. */
+      ratioCeiling: Math.round((1e6 / engine.batched / one.throughput) * concurrency * 100) / 100,
     };
     if (v.json) process.stdout.write(`${JSON.stringify(report)}\n`);
     else {
@@ -500,6 +536,7 @@ async function main(argv: string[]): Promise<void> {
           `  batch-1 serving:   ${report.batch1Throughput} frames/s  (p50 ${report.batch1P50Ms} ms, p99 ${report.batch1P99Ms} ms)`,
           `  dynamic batching:  ${report.batchedThroughput} frames/s  (p50 ${report.p50Ms} ms, p99 ${report.p99Ms} ms, max batch ${maxBatch}, max delay ${maxDelayMs} ms)`,
           `  ratio ${report.ratio}x, unanswered ${report.unanswered}`,
+          `  the model alone: ${report.engineUsPerImage.batch1} µs/image at batch 1, ${report.engineUsPerImage.batched} at batch ${maxBatch}: batching can reach at most ${report.ratioCeiling}x batch-1 serving here`,
           '',
         ].join('\n'),
       );

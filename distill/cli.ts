@@ -27,6 +27,9 @@ Steps (run in this order, or all at once with \`all\`):
   quantize --model F.onnx     calibrate and quantize any fp32 ONNX classifier to INT8 QDQ
            [--flavours cpu,trt] [--out DIR]  (written next to the model by default)
   calibrate --model F.onnx    fit its temperature; print ECE before/after and reliability (JSON)
+  requantize --card C.json    narrow the weights of the card's INT8 (qdq-cpu) model to
+           [--weight-bits 7]  7 bits in place, so CPUs without VNNI compute it exactly; measure it
+                              again and update the card (JSON report)
   sample                      rebuild the bundled evaluation sample (models/sample)
 
 Data and run options:
@@ -80,6 +83,8 @@ const OPTIONS = {
   'per-class': { type: 'string' },
   model: { type: 'string' },
   flavours: { type: 'string' },
+  card: { type: 'string' },
+  'weight-bits': { type: 'string' },
 } as const;
 
 /** Runs `cascade distill` with its arguments. */
@@ -135,7 +140,8 @@ export async function main(argv: string[]): Promise<void> {
   const arch = choiceOpt('--arch', v.arch, ['device', 'gateway'] as const);
   // Argument errors before the dataset is read: that takes seconds, and a missing dataset would
   // otherwise be reported instead of the argument the user got wrong.
-  if (!['teacher', 'student', 'qat', 'finalize', 'quantize', 'calibrate', 'all'].includes(stepName)) {
+  const steps = ['teacher', 'student', 'qat', 'finalize', 'quantize', 'calibrate', 'requantize', 'all'];
+  if (!steps.includes(stepName)) {
     throw new CascadeError(
       ErrorCodes.CLI_ERR_ARGS,
       `unknown step "${stepName}"; run \`cascade distill --help\``,
@@ -145,6 +151,11 @@ export async function main(argv: string[]): Promise<void> {
     throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, `${stepName}: --arch device|gateway is required`);
   if ((stepName === 'quantize' || stepName === 'calibrate') && v.model === undefined)
     throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, `${stepName}: --model FILE.onnx is required`);
+  if (stepName === 'requantize' && v.card === undefined)
+    throw new CascadeError(ErrorCodes.CLI_ERR_ARGS, 'requantize: --card CARD.json is required');
+  const weightBits = Number(choiceOpt('--weight-bits', v['weight-bits'], ['7', '8'] as const) ?? '7') as
+    | 7
+    | 8;
   if (stepName === 'teacher' && v.teacher !== undefined)
     throw new CascadeError(
       ErrorCodes.CLI_ERR_ARGS,
@@ -269,6 +280,19 @@ export async function main(argv: string[]): Promise<void> {
             numberOpt('--calibration-samples', v['calibration-samples'], { integer: true, min: 1 }) ?? 2048,
           progress: streamProgress('quantize'),
         });
+        process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+        return;
+      }
+      case 'requantize': {
+        const tools = await import('./onnx-tools.ts');
+        const test = await loadTestSet(v.data, limit);
+        const r = await tools.requantizeCard(
+          v.card ?? '',
+          weightBits,
+          splits,
+          test,
+          streamProgress('requantize'),
+        );
         process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
         return;
       }

@@ -18,7 +18,7 @@
  */
 import type { ArchSpec, LayerSpec } from '../models/arch.ts';
 import type { TensorRange } from './onnx/calibrate-ranges.ts';
-import { type ActivationQuant, activationQuant } from './onnx/quantize.ts';
+import { type ActivationQuant, activationQuant, type WeightBits } from './onnx/quantize.ts';
 import { tf } from './tf.ts';
 
 /** Momentum of the activation-range moving averages (the BN statistics use the same). */
@@ -34,19 +34,21 @@ export function weightChannelAxis(layer: LayerSpec): number {
 }
 
 /**
- * Per-output-channel symmetric int8 fake quantization: scale = max|w|/127 over every axis but
- * `axis`, w → clip(round(w/scale), ±127)·scale. The gradient passes straight through (the
- * clip never binds: the scale comes from the channel's own maximum).
+ * Per-output-channel symmetric int8 fake quantization, as the CPU export quantizes weights:
+ * qmax = 2^(bits−1) − 1 (63 with the default 7 bits; onnx/quantize.ts says why), scale =
+ * max|w|/qmax over every axis but `axis`, w → clip(round(w/scale), ±qmax)·scale. The gradient
+ * passes straight through (the clip never binds: the scale comes from the channel's own maximum).
  * @param axis the output-channel axis; default the last.
  */
-export function fakeQuantWeight(w: tf.Tensor, axis = w.rank - 1): tf.Tensor {
+export function fakeQuantWeight(w: tf.Tensor, axis = w.rank - 1, bits: WeightBits = 7): tf.Tensor {
+  const qmax = 2 ** (bits - 1) - 1;
   const reduce = Array.from({ length: w.rank }, (_, i) => i).filter((i) => i !== axis);
   const f = tf.customGrad((...args) => {
     const [x] = args as [tf.Tensor, tf.GradSaveFunc];
     const amax = tf.max(tf.abs(x), reduce, true);
     // An all-zero channel gets scale 1, as in quantizeWeight (its values stay 0 either way).
-    const scale = tf.where(tf.greater(amax, 0), tf.div(amax, 127), tf.onesLike(amax));
-    const value = tf.mul(tf.clipByValue(tf.round(tf.div(x, scale)), -127, 127), scale);
+    const scale = tf.where(tf.greater(amax, 0), tf.div(amax, qmax), tf.onesLike(amax));
+    const value = tf.mul(tf.clipByValue(tf.round(tf.div(x, scale)), -qmax, qmax), scale);
     return { value, gradFunc: (dy: tf.Tensor) => dy };
   });
   return f(w);

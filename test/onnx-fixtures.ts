@@ -156,9 +156,21 @@ export async function centredWeights(
   return w;
 }
 
-/** Runs a single-input, single-output model once on the CPU provider (one thread). */
-export async function runOnnx(model: Uint8Array, x: Float32Array, dims: number[]): Promise<Float32Array> {
-  const s = await ort.InferenceSession.create(model, { intraOpNumThreads: 1 });
+/**
+ * Runs a single-input, single-output model once on the CPU provider (one thread). `optimize:
+ * false` runs the graph as written (no fusion into integer kernels: a QDQ model computes in
+ * float what its integers mean, as TensorRT computes them exactly in int32).
+ */
+export async function runOnnx(
+  model: Uint8Array,
+  x: Float32Array,
+  dims: number[],
+  opts: { optimize?: boolean } = {},
+): Promise<Float32Array> {
+  const s = await ort.InferenceSession.create(model, {
+    intraOpNumThreads: 1,
+    ...(opts.optimize === false ? { graphOptimizationLevel: 'disabled' as const } : {}),
+  });
   const out = await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', x, dims) });
   const data = Float32Array.from(out[s.outputNames[0]].data as Float32Array);
   await s.release();

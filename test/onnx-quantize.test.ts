@@ -216,8 +216,10 @@ describe('calibration and QDQ quantization', () => {
     const held = x.subarray(64 * 192);
     const ref = await runOnnx(model, held, dims);
     assert.ok(relativeError(ref, await runOnnx(q.model, held, dims)) < 0.1);
+    // The TensorRT form as written: ORT's CPU provider would fuse its int8 Gemm into a kernel
+    // that saturates int16 pair sums of 8-bit weights without VNNI; TensorRT accumulates in int32.
     const trt = quantizeQdq(model, r, { flavour: 'qdq-trt' });
-    assert.ok(relativeError(ref, await runOnnx(trt.model, held, dims)) < 0.1);
+    assert.ok(relativeError(ref, await runOnnx(trt.model, held, dims, { optimize: false })) < 0.1);
   });
 
   it('rejects ranges from another model, unsupported operators and garbage', () => {

@@ -73,27 +73,29 @@ function along(i: number, dims: number[], axis: number): number {
 }
 
 /**
- * dequant(quant(w)) per channel of `axis`, written out: scale = max|w|/127 in float32, q =
- * round(w/scale) clipped to ±127, value q·scale. Also returns how far w/scale is from a rounding
- * tie, where float32 and float64 division may round differently.
+ * dequant(quant(w)) per channel of `axis`, written out: scale = max|w|/qmax in float32, q =
+ * round(w/scale) clipped to ±qmax, value q·scale (qmax 63: 7-bit weights, the default). Also
+ * returns how far w/scale is from a rounding tie, where float32 and float64 division may round
+ * differently.
  */
 function weightByHand(
   w: Float32Array,
   dims: number[],
   axis: number,
+  qmax = 63,
 ): { value: Float32Array; tie: Float64Array } {
   const amax = new Float64Array(dims[axis]);
   for (let i = 0; i < w.length; i++) {
     const c = along(i, dims, axis);
     amax[c] = Math.max(amax[c], Math.abs(w[i]));
   }
-  const scale = Float32Array.from(amax, (a) => (a > 0 ? a / 127 : 1));
+  const scale = Float32Array.from(amax, (a) => (a > 0 ? a / qmax : 1));
   const value = new Float32Array(w.length);
   const tie = new Float64Array(w.length);
   for (let i = 0; i < w.length; i++) {
     const s = scale[along(i, dims, axis)];
     const r = w[i] / s;
-    value[i] = Math.max(-127, Math.min(127, Math.round(r))) * s;
+    value[i] = Math.max(-qmax, Math.min(qmax, Math.round(r))) * s;
     tie[i] = Math.abs(Math.abs(r - Math.trunc(r)) - 0.5);
   }
   return { value, tie };
@@ -112,7 +114,7 @@ describe('fakeQuantWeight', () => {
     return c === 5 ? 0 : v * 10 ** (c - 2);
   });
 
-  it('is dequant(quant(w)) per output channel, with at most 255 values per channel', () => {
+  it('is dequant(quant(w)) per output channel, with at most 127 values per channel (7 bits)', () => {
     const got = tf.tidy(() => fakeQuantWeight(tf.tensor(w, dims)).dataSync() as Float32Array);
     const { value, tie } = weightByHand(w, dims, 3);
     let compared = 0;
@@ -132,10 +134,24 @@ describe('fakeQuantWeight', () => {
         distinct.add(got[i]);
         if (got[i] !== w[i]) changed = true;
       }
-      assert.ok(distinct.size <= 255, `channel ${c}: ${distinct.size} distinct values`);
+      assert.ok(distinct.size <= 127, `channel ${c}: ${distinct.size} distinct values`);
       if (c < 5) assert.ok(changed, `channel ${c} is rounded`);
       else assert.deepEqual([...distinct], [0], 'the all-zero channel stays zero');
     }
+  });
+
+  it('with 8 bits (the TensorRT export) rounds to ±127', () => {
+    const got = tf.tidy(() => fakeQuantWeight(tf.tensor(w, dims), 3, 8).dataSync() as Float32Array);
+    const { value, tie } = weightByHand(w, dims, 3, 127);
+    for (let i = 0; i < w.length; i++) {
+      if (tie[i] >= 1e-4) assert.ok(Math.abs(got[i] - value[i]) <= 1e-6 * Math.abs(value[i]), `${i}`);
+    }
+    // Levels beyond 7 bits' ±63 are used: not the 7-bit grid.
+    const seven = tf.tidy(() => fakeQuantWeight(tf.tensor(w, dims), 3).dataSync() as Float32Array);
+    assert.ok(
+      got.some((v, i) => v !== seven[i]),
+      '8-bit values differ from 7-bit ones',
+    );
   });
 
   it('quantizes a depthwise kernel [kh, kw, C, 1] per channel C', () => {

@@ -13,6 +13,14 @@
  *   explicit-quantization form. ORT's CPU provider does not fuse int8 zero-point-0 Conv: it
  *   runs Conv in float between Q/DQ pairs, correct but slower than fp32 on CPU.
  *
+ * Weights are per-channel symmetric int8; in 'qdq-cpu' they use 7 bits (−63…63) by default. On
+ * x86 CPUs without VNNI (AVX2, AVX-512F) ONNX Runtime multiplies uint8 activations by int8 weights
+ * with VPMADDUBSW, which adds two products into a saturating int16: 255·127·2 overflows it, and
+ * the gateway student measured 92.18 % on such a CPU against 93.14 % with VNNI. With 7-bit weights
+ * the pair stays below 2¹⁵ (255·63·2 = 32,130), so every x86 CPU computes the same logits (the
+ * ORT quantizer's `reduce_range`); it cost the shipped students ≤ 0.04 pp. TensorRT accumulates
+ * in int32, so 'qdq-trt' keeps 8 bits.
+ *
  * The graph input and output keep their names and fp32 types: a Q right after the input and a
  * DQ producing the output, so every runtime feeds all flavours the same way.
  */
@@ -39,9 +47,19 @@ export interface ActivationQuant {
 /** The two QDQ forms written from one calibration. */
 export type QdqFlavour = 'qdq-cpu' | 'qdq-trt';
 
+/** Bits the int8 weights use: 7 keeps u8×s8 pair sums inside int16 (CPUs without VNNI). */
+export type WeightBits = 7 | 8;
+
+/** The weight bits a flavour gets when the options name none. */
+export function defaultWeightBits(flavour: QdqFlavour): WeightBits {
+  return flavour === 'qdq-cpu' ? 7 : 8;
+}
+
 /** Options of {@link quantizeQdq}. */
 export interface QuantizeOptions {
   flavour: QdqFlavour;
+  /** Bits of the int8 weights: 7 (default for 'qdq-cpu', see the file comment) or 8 ('qdq-trt'). */
+  weightBits?: WeightBits;
   /** producer_name of the written model; default 'edge-cascade'. */
   producer?: string;
 }
@@ -101,11 +119,16 @@ export function activationQuant(r: TensorRange, flavour: QdqFlavour): Activation
   return { scale, zeroPoint: Math.min(255, Math.max(0, Math.round(-lo / scale))), dtype: 'uint8' };
 }
 
-/** Symmetric per-channel int8 quantization of a weight along `axis` (values in −127…127). */
+/**
+ * Symmetric per-channel int8 quantization of a weight along `axis`, values in ±(2^(bits−1) − 1):
+ * −127…127 with 8 bits, −63…63 with 7.
+ */
 export function quantizeWeight(
   w: Extract<ConstTensor, { dtype: 'float32' }>,
   axis: number,
+  bits: WeightBits = 8,
 ): { q: Int8Array; scale: Float32Array } {
+  const qmax = 2 ** (bits - 1) - 1;
   const channels = w.dims[axis] ?? 1;
   const inner = w.dims.slice(axis + 1).reduce((a, b) => a * b, 1);
   const amax = new Float64Array(channels);
@@ -113,11 +136,11 @@ export function quantizeWeight(
     const c = Math.floor(i / inner) % channels;
     amax[c] = Math.max(amax[c], Math.abs(w.data[i]));
   }
-  const scale = Float32Array.from(amax, (a) => (a > 0 ? a / 127 : 1));
+  const scale = Float32Array.from(amax, (a) => (a > 0 ? a / qmax : 1));
   const q = new Int8Array(w.data.length);
   for (let i = 0; i < w.data.length; i++) {
     const c = Math.floor(i / inner) % channels;
-    q[i] = Math.max(-127, Math.min(127, Math.round(w.data[i] / scale[c])));
+    q[i] = Math.max(-qmax, Math.min(qmax, Math.round(w.data[i] / scale[c])));
   }
   return { q, scale };
 }
@@ -133,6 +156,7 @@ function rewrite(
   opts: QuantizeOptions,
 ): { graph: Graph; input: ActivationQuant } {
   const flavour = opts.flavour;
+  const bits = opts.weightBits ?? defaultWeightBits(flavour);
   const plan = planQdq(g);
   const prod = producers(g);
   const params = new Map<string, ActivationQuant>();
@@ -248,13 +272,13 @@ function rewrite(
         // Conv [M, C/g, kh, kw] and Gemm B [N, K] (transB=1) quantize per output row;
         // MatMul B [K, N] per column.
         const axis = n.op === 'MatMul' ? Math.max(w.dims.length - 1, 0) : 0;
-        const { q, scale } = quantizeWeight(w, axis);
+        const { q, scale } = quantizeWeight(w, axis, bits);
         return perChannelDq(n.name, 'weight', { dtype: 'int8', dims: w.dims, data: q }, scale, axis);
       }
       const biasSlot = (n.op === 'Conv' || n.op === 'Gemm') && k === 2 && flavour === 'qdq-cpu';
       if (biasSlot) {
         const sIn = qOf(n.inputs[0]).scale;
-        const { scale: sW } = quantizeWeight(floatConst(g, n.inputs[1])!, 0);
+        const { scale: sW } = quantizeWeight(floatConst(g, n.inputs[1])!, 0, bits);
         // Exactly the float32 product, so fused kernels (which assume it) and DQ agree.
         const sB = Float32Array.from(sW, (s) => Math.fround(sIn * s));
         const qb = Int32Array.from(w.data, (b, c) =>
@@ -281,7 +305,7 @@ function rewrite(
 /**
  * Quantizes an fp32 ONNX classifier to INT8 QDQ form (see the file comment for the flavours).
  * Weights are per-channel symmetric int8 in both flavours (axis 0 for Conv and for Gemm's
- * [N, K] weight, the column axis for MatMul).
+ * [N, K] weight, the column axis for MatMul), 7-bit in 'qdq-cpu' unless `opts.weightBits` says 8.
  * @param fp32Model a model {@link parseOnnx} accepts (the exporter's output, or any supported classifier).
  * @param ranges activation ranges from `calibrateRanges` on the same model.
  * @param opts.flavour 'qdq-cpu' (uint8 activations) or 'qdq-trt' (int8, zero point 0).
@@ -296,6 +320,7 @@ export function quantizeQdq(
 ): QuantizedModel {
   const g = parseOnnx(fp32Model);
   const { graph, input } = rewrite(g, ranges, opts);
-  const doc = `${opts.flavour} INT8 QDQ; ${ranges.method} calibration on ${ranges.samples} samples`;
+  const bits = opts.weightBits ?? defaultWeightBits(opts.flavour);
+  const doc = `${opts.flavour} INT8 QDQ, ${bits}-bit weights; ${ranges.method} calibration on ${ranges.samples} samples`;
   return { model: serializeGraph(graph, { producer: opts.producer, docString: doc }), inputQuant: input };
 }

@@ -176,3 +176,12 @@ export async function runOnnx(
   await s.release();
   return data;
 }
+
+/** Mean absolute logit error relative to the reference (fp32) logits' standard deviation. */
+export function relativeError(ref: Float32Array, got: Float32Array): number {
+  const mean = ref.reduce((s, v) => s + v, 0) / ref.length;
+  const std = Math.sqrt(ref.reduce((s, v) => s + (v - mean) ** 2, 0) / ref.length);
+  let err = 0;
+  for (let i = 0; i < ref.length; i++) err += Math.abs(ref[i] - got[i]);
+  return err / ref.length / std;
+}

@@ -18,7 +18,14 @@ import { decodeModel, num } from '../distill/onnx/proto.ts';
 import { planQdq, quantizeQdq } from '../distill/onnx/quantize.ts';
 import { type ArchSpec, DEVICE, GATEWAY, TEACHER } from '../models/arch.ts';
 import { mulberry32 } from '../models/data/rng.ts';
-import { buildModel, centredWeights, foreignModel, runOnnx, sampleImages } from './onnx-fixtures.ts';
+import {
+  buildModel,
+  centredWeights,
+  foreignModel,
+  relativeError,
+  runOnnx,
+  sampleImages,
+} from './onnx-fixtures.ts';
 
 const CALIB = 64;
 const EVAL = 300;
@@ -53,15 +60,6 @@ function argmaxAgreement(a: Float32Array, b: Float32Array, classes: number): num
     if (ka === kb) same++;
   }
   return same / n;
-}
-
-/** Mean absolute logit error relative to the fp32 logits' standard deviation. */
-function relativeError(ref: Float32Array, got: Float32Array): number {
-  const mean = ref.reduce((s, v) => s + v, 0) / ref.length;
-  const std = Math.sqrt(ref.reduce((s, v) => s + (v - mean) ** 2, 0) / ref.length);
-  let err = 0;
-  for (let i = 0; i < ref.length; i++) err += Math.abs(ref[i] - got[i]);
-  return err / ref.length / std;
 }
 
 describe('calibration and QDQ quantization', () => {

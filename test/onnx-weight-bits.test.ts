@@ -21,7 +21,7 @@ import {
 } from '../distill/onnx/proto.ts';
 import { quantizeQdq } from '../distill/onnx/quantize.ts';
 import { DEVICE } from '../models/arch.ts';
-import { centredWeights, runOnnx, sampleImages } from './onnx-fixtures.ts';
+import { centredWeights, relativeError, runOnnx, sampleImages } from './onnx-fixtures.ts';
 
 const EVAL = 200;
 const DIMS = [EVAL, 1, 28, 28];
@@ -42,15 +42,6 @@ function weightRange(model: Uint8Array): { maxAbs: number; tensors: number } {
     for (const v of t.data) maxAbs = Math.max(maxAbs, Math.abs(v));
   }
   return { maxAbs, tensors };
-}
-
-/** Mean absolute logit difference relative to the reference logits' standard deviation. */
-function relativeError(ref: Float32Array, got: Float32Array): number {
-  const mean = ref.reduce((s, v) => s + v, 0) / ref.length;
-  const sd = Math.sqrt(ref.reduce((s, v) => s + (v - mean) ** 2, 0) / ref.length);
-  let err = 0;
-  for (let i = 0; i < ref.length; i++) err += Math.abs(ref[i] - got[i]);
-  return err / ref.length / sd;
 }
 
 /** Share of rows whose argmax (over 10 classes) is the same in both. */

@@ -215,6 +215,6 @@ export async function requantizeCard(
     );
   }
   if (out.length === 0) throw new Error(`${cardPath}: the card lists no qdq-cpu file to requantize`);
-  await writeFile(cardPath, `${JSON.stringify(card, null, 2)}\n`);
+  if (out.some((f) => f.tensors > 0)) await writeFile(cardPath, `${JSON.stringify(card, null, 2)}\n`);
   return out;
 }

@@ -7,7 +7,11 @@
  * that matches quantizing with 7 bits, is idempotent, and refuses asymmetric weights.
  */
 import assert from 'node:assert/strict';
-import { before, describe, it } from 'node:test';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
 import { ErrorCodes } from '../cascade/errors.ts';
 import { type CalibrationRanges, calibrateRanges } from '../distill/onnx/calibrate-ranges.ts';
 import { exportOnnx } from '../distill/onnx/export.ts';
@@ -20,7 +24,12 @@ import {
   toTensorProto,
 } from '../distill/onnx/proto.ts';
 import { quantizeQdq } from '../distill/onnx/quantize.ts';
+import { requantizeCard } from '../distill/onnx-tools.ts';
+import { silentProgress } from '../distill/progress.ts';
 import { DEVICE } from '../models/arch.ts';
+import { parseModelCard } from '../models/card.ts';
+import { splitTrainVal } from '../models/data/dataset.ts';
+import { loadBundledSample } from '../models/data/load.ts';
 import { centredWeights, relativeError, runOnnx, sampleImages } from './onnx-fixtures.ts';
 
 const EVAL = 200;
@@ -143,6 +152,62 @@ describe('INT8 weight bits', () => {
     assert.throws(() => narrowWeights(new Uint8Array([1, 2, 3]), 7, 'junk.onnx'), {
       code: ErrorCodes.MODEL_ERR_INVALID,
       message: /junk\.onnx/,
+    });
+  });
+
+  describe('cascade distill requantize', () => {
+    let dir: string;
+    after(async () => {
+      if (dir) await rm(dir, { recursive: true, force: true });
+    });
+
+    it("narrows a card's CPU model in place, measures it again and records it in the card", async () => {
+      dir = await mkdtemp(join(tmpdir(), 'requantize-'));
+      const q8 = quantizeQdq(fp32, ranges, { flavour: 'qdq-cpu', weightBits: 8 });
+      const shipped = parseModelCard(
+        JSON.parse(await readFile(new URL('../models/device/card.json', import.meta.url), 'utf8')),
+        'device card',
+      );
+      const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+      const card = {
+        ...shipped,
+        files: [
+          { file: 'm-int8.onnx', bytes: q8.model.length, sha256: sha(q8.model), form: 'qdq-cpu' as const },
+        ],
+        input: { ...shipped.input, quant: q8.inputQuant },
+      };
+      const cardPath = join(dir, 'card.json');
+      const modelPath = join(dir, 'm-int8.onnx');
+      await writeFile(modelPath, q8.model);
+      await writeFile(cardPath, JSON.stringify(card));
+      const sample = await loadBundledSample();
+      const { train, val } = splitTrainVal(sample, 0.25, 1);
+      const splits = { train, val, hash: 'sample' };
+
+      const [r] = await requantizeCard(cardPath, 7, splits, sample, silentProgress);
+      const written = new Uint8Array(await readFile(modelPath));
+      assert.equal(r.tensors, weightRange(q8.model).tensors);
+      assert.equal(weightRange(written).maxAbs, 63);
+      const after = parseModelCard(JSON.parse(await readFile(cardPath, 'utf8')), cardPath);
+      assert.deepEqual(after.files[0], {
+        file: 'm-int8.onnx',
+        bytes: written.length,
+        sha256: sha(written),
+        form: 'qdq-cpu',
+      });
+      assert.equal(after.metrics.testAccuracy, r.testAccuracy.after);
+      assert.equal(after.metrics.valAccuracy, r.valAccuracy.after);
+      // Narrowing keeps the model's behaviour (an untrained one: its accuracy is near chance).
+      assert.ok(Math.abs(r.testAccuracy.after - r.testAccuracy.before) < 0.05, JSON.stringify(r));
+      assert.equal((after.training.weightBits as { bits: number }).bits, 7);
+      assert.equal(after.temperature, shipped.temperature);
+
+      // Again: nothing to narrow, the file and the card stay as they are.
+      const cardBytes = await readFile(cardPath, 'utf8');
+      const [again] = await requantizeCard(cardPath, 7, splits, sample, silentProgress);
+      assert.equal(again.tensors, 0);
+      assert.deepEqual(new Uint8Array(await readFile(modelPath)), written);
+      assert.equal(await readFile(cardPath, 'utf8'), cardBytes);
     });
   });
 });

@@ -5,25 +5,13 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import rateLimit from '@fastify/rate-limit';
-import Fastify, {
-  type FastifyBaseLogger,
-  type FastifyInstance,
-  type FastifyRequest,
-  LogController,
-} from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { DeadlineBatcher, realScheduler, type Scheduler } from '../cascade/batcher.ts';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 import { rowOf, type ServingEngine } from '../cascade/service/engine.ts';
-import {
-  type InferReply,
-  type InferRequest,
-  jsonErrors,
-  kserveRoutes,
-  RefusedError,
-} from '../cascade/service/kserve.ts';
+import { type InferReply, type InferRequest, kserveRoutes, RefusedError } from '../cascade/service/kserve.ts';
 import { createLogger, type Logger } from '../cascade/service/log.ts';
-import { closeGracefully, opsRoutes } from '../cascade/service/ops.ts';
+import { closeGracefully, createServiceHttp, opsRoutes } from '../cascade/service/ops.ts';
 import { loadConfiguredEngine } from '../cascade/service/serving.ts';
 import { GracefulShutdown, type ShutdownReport } from '../cascade/service/shutdown.ts';
 import { traceFromHeaders } from '../cascade/service/trace.ts';
@@ -271,16 +259,11 @@ export async function buildCloudApp(config: Readonly<CloudConfig>, deps: CloudDe
   };
 
   const shutdown = new GracefulShutdown({ drainTimeoutMs: config.drainTimeoutMs, logger });
-  const http = Fastify({
-    loggerInstance: logger as FastifyBaseLogger,
-    logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: config.bodyLimitBytes,
-    return503OnClosing: true,
+  const http = await createServiceHttp({
+    logger,
+    bodyLimitBytes: config.bodyLimitBytes,
+    rateLimitPerMinute: config.rateLimitPerMinute,
   });
-  jsonErrors(http);
-  // Before the routes: the plugin attaches to routes registered after it.
-  if (config.rateLimitPerMinute > 0)
-    await http.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000 });
   http.addHook('onSend', async (req, reply, payload) => {
     if (req.url.includes('/infer')) {
       if (typeof payload === 'string') metrics.sent.inc(Buffer.byteLength(payload));

@@ -5,16 +5,14 @@
  * `app.http.inject()` or listen on port 0 themselves.
  */
 import { readFile } from 'node:fs/promises';
-import rateLimit from '@fastify/rate-limit';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { Scheduler } from '../cascade/batcher.ts';
 import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 import { readMqttTls } from '../cascade/mqtt.ts';
 import { type PolicyConfigPatch, PolicyEngine, registerPolicyMetrics } from '../cascade/policy/index.ts';
 import type { ServingEngine } from '../cascade/service/engine.ts';
-import { jsonErrors } from '../cascade/service/kserve.ts';
 import { createLogger, type Logger } from '../cascade/service/log.ts';
-import { closeGracefully, opsRoutes } from '../cascade/service/ops.ts';
+import { closeGracefully, createServiceHttp, opsRoutes } from '../cascade/service/ops.ts';
 import { loadConfiguredEngine } from '../cascade/service/serving.ts';
 import { GracefulShutdown, type ShutdownReport } from '../cascade/service/shutdown.ts';
 import type { ModelCard } from '../models/card.ts';
@@ -152,17 +150,11 @@ export async function buildApp(config: Readonly<GatewayConfig>, deps: GatewayDep
   const shutdown = new GracefulShutdown({ drainTimeoutMs: config.drainTimeoutMs, logger });
   const ready = (): boolean => !shutdown.stopping && (consumer === undefined || consumer.connected);
 
-  const http = Fastify({
-    loggerInstance: logger as FastifyBaseLogger,
-    // One line per request would drown the logs at thousands of frames per second.
-    logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: config.bodyLimitBytes,
-    return503OnClosing: true,
+  const http = await createServiceHttp({
+    logger,
+    bodyLimitBytes: config.bodyLimitBytes,
+    rateLimitPerMinute: config.rateLimitPerMinute,
   });
-  jsonErrors(http);
-  // Before the routes: the plugin attaches to routes registered after it.
-  if (config.rateLimitPerMinute > 0)
-    await http.register(rateLimit, { max: config.rateLimitPerMinute, timeWindow: 60_000 });
   await http.register(opsRoutes, {
     registry: metrics.registry,
     ready: () => ({

@@ -1,11 +1,46 @@
 /**
  * The operational routes every tier serves, as one fastify plugin: `/metrics` (Prometheus text
  * from the service's registry), `/healthz` (liveness: the process answers) and `/readyz`
- * (readiness from a callback: model loaded, broker connected, not draining).
+ * (readiness from a callback: model loaded, broker connected, not draining). Also the fastify
+ * instance the gateway and the cloud build on, and their listen-until-shutdown.
  */
-import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
+import rateLimit from '@fastify/rate-limit';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyPluginAsync,
+  LogController,
+} from 'fastify';
 import type { Registry } from 'prom-client';
+import { jsonErrors } from './kserve.ts';
+import type { Logger } from './log.ts';
 import type { GracefulShutdown } from './shutdown.ts';
+
+/** Options of {@link createServiceHttp}. */
+export interface ServiceHttpOptions {
+  logger: Logger;
+  bodyLimitBytes: number;
+  /** Requests per minute per client; 0 turns the limit off. */
+  rateLimitPerMinute: number;
+}
+
+/**
+ * The fastify instance of a serving tier: the service's pino logger without a line per request
+ * (thousands of frames a second would drown the logs), the body limit, 503 once closing, errors
+ * as JSON, and the per-client rate limit, registered before any route so that it covers them all.
+ */
+export async function createServiceHttp(o: ServiceHttpOptions): Promise<FastifyInstance> {
+  const http = Fastify({
+    loggerInstance: o.logger as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: o.bodyLimitBytes,
+    return503OnClosing: true,
+  });
+  jsonErrors(http);
+  if (o.rateLimitPerMinute > 0)
+    await http.register(rateLimit, { max: o.rateLimitPerMinute, timeWindow: 60_000 });
+  return http;
+}
 
 /** What a readiness check reports. */
 export interface Readiness {

@@ -115,9 +115,21 @@ describe('cascade: commands and arguments', () => {
     assert.match(line, /--arch/);
   });
 
-  it('distill qat without --arch and quantize without --model exit 2', () => {
+  it('distill qat without --arch, quantize without --model, requantize without --card or with bad bits exit 2', () => {
     assert.match(oneLineError(cascade('distill', 'qat', '--data', join(dir, 'nope')), 2), /--arch/);
     assert.match(oneLineError(cascade('distill', 'quantize', '--data', join(dir, 'nope')), 2), /--model/);
+    assert.match(oneLineError(cascade('distill', 'requantize', '--data', join(dir, 'nope')), 2), /--card/);
+    const bits = cascade(
+      'distill',
+      'requantize',
+      '--card',
+      'c.json',
+      '--weight-bits',
+      '6',
+      '--data',
+      join(dir, 'nope'),
+    );
+    assert.match(oneLineError(bits, 2), /--weight-bits/);
   });
 
   it('an unknown distill step exits 2, before touching the data', () => {

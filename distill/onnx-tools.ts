@@ -147,9 +147,10 @@ export interface RequantizedFile {
 /**
  * Narrows the weights of a card's 'qdq-cpu' files to `bits` in place (see onnx/narrow-weights.ts)
  * and updates the card: the file's size and digest, validation and test accuracy, and test ECE
- * before and after its temperature. The temperature, thresholds and reliability tables stay those
- * of the calibration that made the card (the logits move by a rounding step), and
- * `training.weightBits` records the change.
+ * before and after its temperature; the version gets `.w<bits>` so that devices holding the old
+ * file see a new one. The temperature, thresholds and reliability tables stay those of the
+ * calibration that made the card (the logits move by a rounding step), and `training.weightBits`
+ * records the change.
  */
 export async function requantizeCard(
   cardPath: string,
@@ -198,6 +199,9 @@ export async function requantizeCard(
     card.metrics.testAccuracy = r.testAccuracy.after;
     card.metrics.eceBefore = ece(softmaxT(now.test, k, 1), test.labels, k);
     card.metrics.eceAfter = ece(softmaxT(now.test, k, card.temperature), test.labels, k);
+    // A new artifact needs a new version: devices that hold the old one must see the update.
+    const suffix = `.w${bits}`;
+    if (!card.version.endsWith(suffix)) card.version = `${card.version}${suffix}`;
     card.training.weightBits = {
       bits,
       narrowed: `${narrowed.tensors} weight tensors, from 8 bits by \`cascade distill requantize\``,

@@ -171,6 +171,7 @@ describe('INT8 weight bits', () => {
       const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
       const card = {
         ...shipped,
+        version: 'r1',
         files: [
           { file: 'm-int8.onnx', bytes: q8.model.length, sha256: sha(q8.model), form: 'qdq-cpu' as const },
         ],
@@ -201,6 +202,7 @@ describe('INT8 weight bits', () => {
       assert.ok(Math.abs(r.testAccuracy.after - r.testAccuracy.before) < 0.05, JSON.stringify(r));
       assert.equal((after.training.weightBits as { bits: number }).bits, 7);
       assert.equal(after.temperature, shipped.temperature);
+      assert.equal(after.version, 'r1.w7');
 
       // Again: nothing to narrow, the file and the card stay as they are.
       const cardBytes = await readFile(cardPath, 'utf8');

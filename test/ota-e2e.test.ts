@@ -231,7 +231,8 @@ it('a fleet updates through the CLI, MQTT and HTTP, honouring the rollout withou
   );
 
   await Promise.all(cams.map((c) => c.stop()));
-  const order = ['device-kd@2026-11-22', `${r1.card.name}@r1`, `${r2.card.name}@r2`];
+  const shipped = JSON.parse(readFileSync(DEVICE_CARD, 'utf8')) as { name: string; version: string };
+  const order = [`${shipped.name}@${shipped.version}`, `${r1.card.name}@r1`, `${r2.card.name}@r2`];
   for (const c of cams) {
     assert.deepEqual(c.errors, [], c.id);
     const ids = c.frames.map((f) => f.id).sort((a, b) => a - b);

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ece, fitTemperature, predictions, reliability, softmaxT } from '../cascade/calibration.ts';
+import { CascadeError, ErrorCodes } from '../cascade/errors.ts';
 import { parseModelCard, type ReliabilityBin } from '../models/card.ts';
 import type { ImageDataset } from '../models/data/dataset.ts';
 import { type CalibrationMethod, calibrateRanges } from './onnx/calibrate-ranges.ts';
@@ -218,7 +219,11 @@ export async function requantizeCard(
         `${r.testAccuracy.before.toFixed(4)} → ${r.testAccuracy.after.toFixed(4)} (on this CPU)`,
     );
   }
-  if (out.length === 0) throw new Error(`${cardPath}: the card lists no qdq-cpu file to requantize`);
+  if (out.length === 0)
+    throw new CascadeError(
+      ErrorCodes.MODEL_ERR_INVALID,
+      `${cardPath}: the card lists no qdq-cpu file to requantize`,
+    );
   if (out.some((f) => f.tensors > 0)) await writeFile(cardPath, `${JSON.stringify(card, null, 2)}\n`);
   return out;
 }

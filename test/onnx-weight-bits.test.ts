@@ -210,6 +210,13 @@ describe('INT8 weight bits', () => {
       assert.equal(again.tensors, 0);
       assert.deepEqual(new Uint8Array(await readFile(modelPath)), written);
       assert.equal(await readFile(cardPath, 'utf8'), cardBytes);
+
+      // A card without a CPU INT8 file (the fp32 teacher) is refused, naming the card.
+      const teacher = new URL('../models/cloud/card.json', import.meta.url).pathname;
+      await assert.rejects(requantizeCard(teacher, 7, splits, sample, silentProgress), {
+        code: ErrorCodes.MODEL_ERR_INVALID,
+        message: /cloud\/card\.json: the card lists no qdq-cpu file/,
+      });
     });
   });
 });

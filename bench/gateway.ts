@@ -25,8 +25,9 @@
  * all final trials). Before the gateway starts, the gateway model alone is timed at batch 1 and
  * at the max batch (`engineUsPerImage`, one thread): batching can only save what batch-1 serving
  * spends outside the model, so `ratioCeiling` = 10⁶ / (batched µs per image) × engine threads /
- * batch-1 throughput is the most the ratio can be on this CPU. `--concurrency N` gives the gateway N engine workers (batches running at
- * once) in both modes. Throughput depends on how many cores are free: run it pinned
+ * batch-1 throughput is the most the ratio can be on this CPU. `--concurrency N` gives the
+ * gateway N engine workers (batches running at once) in both modes. Throughput depends on how
+ * many cores are free: run it pinned
  * (`taskset -c 0,1 npm run bench:gateway`) and report the machine's load with the numbers.
  */
 import { type ChildProcess, spawn } from 'node:child_process';

@@ -18,7 +18,7 @@
  */
 import type { ArchSpec, LayerSpec } from '../models/arch.ts';
 import type { TensorRange } from './onnx/calibrate-ranges.ts';
-import { type ActivationQuant, activationQuant, type WeightBits } from './onnx/quantize.ts';
+import { type ActivationQuant, activationQuant, type WeightBits, weightQmax } from './onnx/quantize.ts';
 import { tf } from './tf.ts';
 
 /** Momentum of the activation-range moving averages (the BN statistics use the same). */
@@ -41,7 +41,7 @@ export function weightChannelAxis(layer: LayerSpec): number {
  * @param axis the output-channel axis; default the last.
  */
 export function fakeQuantWeight(w: tf.Tensor, axis = w.rank - 1, bits: WeightBits = 7): tf.Tensor {
-  const qmax = 2 ** (bits - 1) - 1;
+  const qmax = weightQmax(bits);
   const reduce = Array.from({ length: w.rank }, (_, i) => i).filter((i) => i !== axis);
   const f = tf.customGrad((...args) => {
     const [x] = args as [tf.Tensor, tf.GradSaveFunc];

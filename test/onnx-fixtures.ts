@@ -185,3 +185,19 @@ export function relativeError(ref: Float32Array, got: Float32Array): number {
   for (let i = 0; i < ref.length; i++) err += Math.abs(ref[i] - got[i]);
   return err / ref.length / std;
 }
+
+/** Share of rows (of `classes` logits) whose argmax is the same in both. */
+export function argmaxAgreement(a: Float32Array, b: Float32Array, classes: number): number {
+  let same = 0;
+  const n = a.length / classes;
+  for (let i = 0; i < n; i++) {
+    let ka = 0;
+    let kb = 0;
+    for (let j = 1; j < classes; j++) {
+      if (a[i * classes + j] > a[i * classes + ka]) ka = j;
+      if (b[i * classes + j] > b[i * classes + kb]) kb = j;
+    }
+    if (ka === kb) same++;
+  }
+  return same / n;
+}

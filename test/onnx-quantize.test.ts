@@ -19,6 +19,7 @@ import { planQdq, quantizeQdq } from '../distill/onnx/quantize.ts';
 import { type ArchSpec, DEVICE, GATEWAY, TEACHER } from '../models/arch.ts';
 import { mulberry32 } from '../models/data/rng.ts';
 import {
+  argmaxAgreement,
   buildModel,
   centredWeights,
   foreignModel,
@@ -45,21 +46,6 @@ async function optimizedOps(model: Uint8Array, name: string): Promise<string[]> 
   const s = await ort.InferenceSession.create(model, { optimizedModelFilePath: path, logSeverityLevel: 3 });
   await s.release();
   return decodeModel(await readFile(path), path).graph!.node!.map((n) => n.opType ?? '');
-}
-
-function argmaxAgreement(a: Float32Array, b: Float32Array, classes: number): number {
-  let same = 0;
-  const n = a.length / classes;
-  for (let i = 0; i < n; i++) {
-    let ka = 0;
-    let kb = 0;
-    for (let j = 1; j < classes; j++) {
-      if (a[i * classes + j] > a[i * classes + ka]) ka = j;
-      if (b[i * classes + j] > b[i * classes + kb]) kb = j;
-    }
-    if (ka === kb) same++;
-  }
-  return same / n;
 }
 
 describe('calibration and QDQ quantization', () => {

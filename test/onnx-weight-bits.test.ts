@@ -30,7 +30,7 @@ import { DEVICE } from '../models/arch.ts';
 import { parseModelCard } from '../models/card.ts';
 import { splitTrainVal } from '../models/data/dataset.ts';
 import { loadBundledSample } from '../models/data/load.ts';
-import { centredWeights, relativeError, runOnnx, sampleImages } from './onnx-fixtures.ts';
+import { argmaxAgreement, centredWeights, relativeError, runOnnx, sampleImages } from './onnx-fixtures.ts';
 
 const EVAL = 200;
 const DIMS = [EVAL, 1, 28, 28];
@@ -51,16 +51,6 @@ function weightRange(model: Uint8Array): { maxAbs: number; tensors: number } {
     for (const v of t.data) maxAbs = Math.max(maxAbs, Math.abs(v));
   }
   return { maxAbs, tensors };
-}
-
-/** Share of rows whose argmax (over 10 classes) is the same in both. */
-function agreement(a: Float32Array, b: Float32Array): number {
-  let same = 0;
-  for (let i = 0; i < a.length / 10; i++) {
-    const row = (x: Float32Array) => x.subarray(i * 10, i * 10 + 10);
-    if (row(a).indexOf(Math.max(...row(a))) === row(b).indexOf(Math.max(...row(b)))) same++;
-  }
-  return same / (a.length / 10);
 }
 
 describe('INT8 weight bits', () => {
@@ -121,8 +111,8 @@ describe('INT8 weight bits', () => {
     // direct 7-bit rounding): close to fp32, and to its argmax about as often as quantizing with 7.
     const twice = relativeError(ref, got);
     assert.ok(twice < 0.15, `vs fp32 ${twice}`);
-    const direct = agreement(ref, q7);
-    const narrowedAgree = agreement(ref, got);
+    const direct = argmaxAgreement(ref, q7, 10);
+    const narrowedAgree = argmaxAgreement(ref, got, 10);
     assert.ok(narrowedAgree >= direct - 0.03, `argmax agreement ${narrowedAgree} vs ${direct}`);
   });
 

@@ -16,7 +16,7 @@ import {
   type onnx,
   toTensorProto,
 } from './proto.ts';
-import type { WeightBits } from './quantize.ts';
+import { type WeightBits, weightQmax } from './quantize.ts';
 
 /** Result of {@link narrowWeights}. */
 export interface NarrowedModel {
@@ -53,7 +53,7 @@ export function narrowWeights(model: Uint8Array, bits: WeightBits, where = 'mode
     const p = tensor === undefined ? undefined : producer.get(tensor);
     return p?.opType === 'DequantizeLinear' ? (p.input ?? []) : undefined;
   };
-  const qmax = 2 ** (bits - 1) - 1;
+  const qmax = weightQmax(bits);
   let tensors = 0;
 
   for (const n of g.node ?? []) {
@@ -74,7 +74,10 @@ export function narrowWeights(model: Uint8Array, bits: WeightBits, where = 'mode
     const chan = (i: number): number => (channels === 1 ? 0 : Math.floor(i / inner) % channels);
 
     const maxAbs = new Int32Array(channels);
-    for (let i = 0; i < q.data.length; i++) maxAbs[chan(i)] = Math.max(maxAbs[chan(i)], Math.abs(q.data[i]));
+    for (let i = 0; i < q.data.length; i++) {
+      const c = chan(i);
+      maxAbs[c] = Math.max(maxAbs[c], Math.abs(q.data[i]));
+    }
     if (!maxAbs.some((a) => a > qmax)) continue;
     const oldScale = scaleT.data;
     const newScale = Float32Array.from(oldScale, (s, c) =>

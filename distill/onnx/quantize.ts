@@ -50,6 +50,11 @@ export type QdqFlavour = 'qdq-cpu' | 'qdq-trt';
 /** Bits the int8 weights use: 7 keeps u8×s8 pair sums inside int16 (CPUs without VNNI). */
 export type WeightBits = 7 | 8;
 
+/** The largest |q| of a symmetric weight with `bits` bits: 127 with 8, 63 with 7. */
+export function weightQmax(bits: WeightBits): number {
+  return 2 ** (bits - 1) - 1;
+}
+
 /** The weight bits a flavour gets when the options name none. */
 export function defaultWeightBits(flavour: QdqFlavour): WeightBits {
   return flavour === 'qdq-cpu' ? 7 : 8;
@@ -128,7 +133,7 @@ export function quantizeWeight(
   axis: number,
   bits: WeightBits = 8,
 ): { q: Int8Array; scale: Float32Array } {
-  const qmax = 2 ** (bits - 1) - 1;
+  const qmax = weightQmax(bits);
   const channels = w.dims[axis] ?? 1;
   const inner = w.dims.slice(axis + 1).reduce((a, b) => a * b, 1);
   const amax = new Float64Array(channels);
@@ -153,10 +158,10 @@ function invalid(message: string): CascadeError {
 function rewrite(
   g: Graph,
   ranges: CalibrationRanges,
-  opts: QuantizeOptions,
+  opts: QuantizeOptions & { weightBits: WeightBits },
 ): { graph: Graph; input: ActivationQuant } {
   const flavour = opts.flavour;
-  const bits = opts.weightBits ?? defaultWeightBits(flavour);
+  const bits = opts.weightBits;
   const plan = planQdq(g);
   const prod = producers(g);
   const params = new Map<string, ActivationQuant>();
@@ -319,8 +324,8 @@ export function quantizeQdq(
   opts: QuantizeOptions,
 ): QuantizedModel {
   const g = parseOnnx(fp32Model);
-  const { graph, input } = rewrite(g, ranges, opts);
   const bits = opts.weightBits ?? defaultWeightBits(opts.flavour);
+  const { graph, input } = rewrite(g, ranges, { ...opts, weightBits: bits });
   const doc = `${opts.flavour} INT8 QDQ, ${bits}-bit weights; ${ranges.method} calibration on ${ranges.samples} samples`;
   return { model: serializeGraph(graph, { producer: opts.producer, docString: doc }), inputQuant: input };
 }
